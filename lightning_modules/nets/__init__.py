@@ -1,0 +1,4 @@
+"""Plain `nn.Module` networks (torch/torchvision only, no Lightning)."""
+from lightning_modules.nets.wide_resnet import WideResNet
+
+__all__ = ["WideResNet"]

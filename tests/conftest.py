@@ -1,0 +1,57 @@
+"""Shared fixtures: generated CIFAR folders (tiny, learnable) and the real-data location."""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")  # tests never touch the network
+os.environ.setdefault("WANDB_SILENT", "true")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_TOOLS = REPO.parent / "shared" / "tools"
+
+
+def write_cifar_batch(path: Path, images: np.ndarray, labels: list[int] | np.ndarray) -> None:
+    """One batch file in the official layout: {b'data': N×3072 uint8, b'labels': [int]}."""
+    with open(path, "wb") as f:
+        pickle.dump({b"data": images.reshape(len(images), -1), b"labels": [int(v) for v in labels],
+                     b"batch_label": b"generated"}, f)
+
+
+def make_cifar_folder(root: Path, train_per_class: int = 8, test_per_class: int = 4, seed: int = 0) -> Path:
+    """A generated `cifar-10-batches-py` whose classes differ in colour, so a net can learn them quickly."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def split(per_class: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.repeat(np.arange(10), per_class)
+        rng.shuffle(labels)
+        base = np.stack([np.full((3, 32, 32), 25 * c, np.int64) for c in range(10)])  # class = brightness
+        noise = rng.integers(-20, 21, size=(len(labels), 3, 32, 32))
+        return np.clip(base[labels] + noise, 0, 255).astype(np.uint8), labels
+
+    train_x, train_y = split(train_per_class)
+    for i, part in enumerate(np.array_split(np.arange(len(train_y)), 5), start=1):
+        write_cifar_batch(folder / f"data_batch_{i}", train_x[part], train_y[part])
+    test_x, test_y = split(test_per_class)
+    write_cifar_batch(folder / "test_batch", test_x, test_y)
+    return root
+
+
+@pytest.fixture
+def cifar_dir(tmp_path: Path) -> Path:
+    return make_cifar_folder(tmp_path / "cifar")
+
+
+@pytest.fixture(scope="session")
+def real_cifar_archive() -> Path:
+    archive = SHARED_DATA / "cifar10-jpg.tar.gz"
+    if not archive.is_file():
+        pytest.skip(f"real CIFAR-10 not available: {archive} is absent (it ships in ../shared/data on project machines)")
+    return archive
