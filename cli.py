@@ -4,7 +4,9 @@ What it adds to LightningCLI, and why:
 - model and data are chosen by `class_path` in YAML (one CLI for every task);
 - the datamodule's `num_classes` is linked into the net, so no YAML repeats it;
 - loggers without their own `save_dir` write under `--trainer.default_root_dir`, like checkpoints;
+- W&B runs are tagged with the optimizer and its weight-decay mode (adamw/adam/sgd, amsgrad, decoupled-wd/l2-wd);
 - the resolved config is saved next to the checkpoints and logged to every logger (W&B shows it in full);
+- `fit` ends with a test of the final weights (the seed's reported number), unless `--test_after_fit false`;
 - mixed precision defaults to bf16 on a GPU that supports it and to fp32 elsewhere, so one config runs on both.
 """
 from __future__ import annotations
@@ -13,7 +15,22 @@ import os
 
 import torch
 from pytorch_lightning import LightningDataModule, LightningModule, Trainer
+from jsonargparse import Namespace
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+
+def optimizer_tags(optimizer: Namespace | None) -> list[str]:
+    """W&B tags naming the optimizer and its weight-decay mode, so dashboards can group runs without edits."""
+    if optimizer is None or not hasattr(optimizer, "class_path"):
+        return []
+    name = optimizer.class_path.rsplit(".", 1)[-1].lower()
+    init_args = optimizer.get("init_args") or Namespace()
+    tags = [name]
+    if init_args.get("amsgrad"):
+        tags.append("amsgrad")
+    if init_args.get("weight_decay"):
+        tags.append("decoupled-wd" if name == "adamw" else "l2-wd")
+    return tags
 
 
 def default_precision() -> str:
@@ -33,18 +50,36 @@ class SuperconvergenceCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.init_args.net.init_args.num_classes", apply_on="instantiate")
         parser.set_defaults({"trainer.precision": default_precision()})
+        parser.add_argument(
+            "--test_after_fit", type=bool, default=True,
+            help="After `fit`, evaluate the final weights on the test split (test/acc, test/acc_tta).",
+        )
+
+    def after_fit(self) -> None:
+        if self.config[self.subcommand].get("test_after_fit") and not self.trainer.interrupted:
+            self.trainer.test(self.model, datamodule=self.datamodule)
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config)
         root = config.trainer.default_root_dir or os.getcwd()
+        if config.trainer.enable_progress_bar is False:  # let the flag win over a progress bar in the YAML
+            config.trainer.callbacks = [
+                cb for cb in config.trainer.callbacks or [] if not cb.class_path.endswith("ProgressBar")
+            ]
         loggers = config.trainer.logger
+        tags = optimizer_tags(config.model.init_args.get("optimizer") if config.get("model") else None)
         for logger in loggers if isinstance(loggers, list) else [loggers]:
             init_args = getattr(logger, "init_args", None)
-            if init_args is not None and init_args.get("save_dir") in (None, ".", ""):
+            if init_args is None:
+                continue
+            if init_args.get("save_dir") in (None, ".", ""):
                 init_args["save_dir"] = root
+            if logger.class_path.endswith("WandbLogger"):
+                init_args["tags"] = list(dict.fromkeys([*(init_args.get("tags") or []), *tags]))
 
 
-def main(args: list[str] | None = None) -> SuperconvergenceCLI:
+def main(args: list[str] | None = None, run: bool = True) -> SuperconvergenceCLI:
+    """Build the CLI; `run=False` parses and instantiates only (tests drive the trainer themselves)."""
     return SuperconvergenceCLI(
         LightningModule,
         LightningDataModule,
@@ -53,6 +88,7 @@ def main(args: list[str] | None = None) -> SuperconvergenceCLI:
         save_config_callback=LoggedSaveConfigCallback,
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,
     )
 
 
