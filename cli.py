@@ -62,10 +62,15 @@ class SuperconvergenceCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config)
         root = config.trainer.default_root_dir or os.getcwd()
-        if config.trainer.enable_progress_bar is False:  # let the flag win over a progress bar in the YAML
-            config.trainer.callbacks = [
-                cb for cb in config.trainer.callbacks or [] if not cb.class_path.endswith("ProgressBar")
-            ]
+        # Let the flags win over callbacks in the YAML that would otherwise refuse to start.
+        unwanted = []
+        if config.trainer.enable_progress_bar is False:
+            unwanted.append("ProgressBar")
+        if config.trainer.logger is False:
+            unwanted.append("LearningRateMonitor")
+        config.trainer.callbacks = [
+            cb for cb in config.trainer.callbacks or [] if not any(cb.class_path.endswith(u) for u in unwanted)
+        ]
         loggers = config.trainer.logger
         tags = optimizer_tags(config.model.init_args.get("optimizer") if config.get("model") else None)
         for logger in loggers if isinstance(loggers, list) else [loggers]:

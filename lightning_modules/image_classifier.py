@@ -12,6 +12,7 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_modules.hparams import save_hyperparameters_for_reload
 from optim import OneCycleLR, apply_lr_multipliers, param_groups
 
 
@@ -46,7 +47,7 @@ class ImageClassifier(pl.LightningModule):
         channels_last: bool = True,
     ):
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "optimizer", "lr_scheduler"])
+        save_hyperparameters_for_reload(self)
         self.net = net
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.tta, self.tta_seed = tta, tta_seed

@@ -1,0 +1,99 @@
+"""cli.py: config composition, links, logger placement, --print_config, and one end-to-end `fit` subprocess."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import cli
+from datamodules import CIFAR10DataModule
+from tests.conftest import REPO
+from tests.wandb_records import config_keys, logged_metrics, run_tags
+
+TINY = ["--model.init_args.net.init_args.widen_factor", "1", "--model.init_args.net.init_args.blocks_per_group", "1"]
+
+
+class SevenClasses(CIFAR10DataModule):
+    """A datamodule with another class count, to prove the net's output size comes from the data."""
+
+    num_classes = 7
+
+
+def parse(*args: str):
+    return cli.main(["--config", "configs/cifar.yaml", *TINY, "--trainer.enable_progress_bar", "false", *args],
+                    run=False)
+
+
+def test_num_classes_is_linked_from_the_datamodule(cifar_dir, tmp_path):
+    run = parse("--data", "tests.test_cli.SevenClasses", "--data.data_dir", str(cifar_dir),
+                "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path))
+    assert run.model.net.head[-1].out_features == 7
+
+
+def test_optim_configs_compose_and_tag_the_wandb_run(tmp_path):
+    run = parse("--config", "configs/optim/amsgrad.yaml", "--trainer.default_root_dir", str(tmp_path))
+    optimizer = run.model.optimizer_factory([__import__("torch").nn.Parameter(__import__("torch").zeros(1))])
+    assert type(optimizer).__name__ == "AdamW" and optimizer.defaults["amsgrad"] is True
+    csv_logger, wandb_logger = run.trainer.loggers
+    assert Path(csv_logger.save_dir) == tmp_path  # "." in the YAML means under default_root_dir
+    assert set(wandb_logger._wandb_init["tags"]) >= {"cifar10", "adamw", "amsgrad", "decoupled-wd"}
+    assert Path(wandb_logger.save_dir) == tmp_path
+
+
+def test_adam_l2_run_is_tagged_l2():
+    run = parse("--config", "configs/optim/adam_l2.yaml", "--trainer.default_root_dir", "/tmp/unused")
+    tags = run.trainer.loggers[1]._wandb_init["tags"]
+    assert "adam" in tags and "l2-wd" in tags and "decoupled-wd" not in tags
+
+
+def test_print_config_shows_the_composed_config(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["fit", "--config", "configs/cifar.yaml", "--config", "configs/optim/sgd.yaml", "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["init_args"]["optimizer"]["class_path"] == "torch.optim.SGD"
+    assert printed["seed_everything"] == 0
+    assert printed["model"]["init_args"]["lr_scheduler"]["init_args"]["pct_start"] == 0.4625
+
+
+def test_every_task_config_sets_seed_everything():
+    for path in (REPO / "configs").glob("*.yaml"):
+        config = yaml.safe_load(path.read_text())
+        if "model" in config and "class_path" in config["model"]:  # complete task configs, not overrides
+            assert isinstance(config.get("seed_everything"), int), f"{path} must set seed_everything"
+
+
+@pytest.mark.slow
+def test_fit_end_to_end_writes_checkpoints_config_csv_and_offline_wandb(cifar_dir, tmp_path):
+    root = tmp_path / "run"
+    command = [sys.executable, "cli.py", "fit", "--config", "configs/cifar.yaml", "--config", "configs/optim/adamw.yaml",
+               *TINY, "--data.data_dir", str(cifar_dir), "--data.download", "false", "--data.batch_size", "16",
+               "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(root),
+               "--trainer.log_every_n_steps", "1"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "WANDB_MODE": "offline"})
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    run_dir = root / "csv" / "version_0"
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert "last.ckpt" in checkpoints and any(name.startswith("epoch") for name in checkpoints)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())  # next to checkpoints/
+    assert saved["model"]["init_args"]["optimizer"]["class_path"] == "torch.optim.AdamW"
+    assert saved["trainer"]["default_root_dir"] == str(root)
+
+    header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    for column in ["train/loss", "val/acc", "test/acc", "test/acc_tta", "lr-AdamW", "lr-AdamW-momentum",
+                   "lr-AdamW-weight_decay"]:
+        assert column in header, f"{column} missing from metrics.csv"
+
+    wandb_files = list(root.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(wandb_files) == 1
+    history = logged_metrics(wandb_files[0])
+    assert len(history["train/loss"]) == 10  # 80 images / 16 per batch × 2 epochs, logged every step
+    assert len(history["val/acc"]) == 2 and len(history["test/acc_tta"]) == 1
+    assert history["lr-AdamW-momentum"][0] == pytest.approx(0.95, abs=0.02)
+    assert {"model", "data", "trainer"} <= config_keys(wandb_files[0])
+    assert {"cifar10", "adamw", "decoupled-wd"} <= set(run_tags(wandb_files[0]))
