@@ -113,7 +113,8 @@ def machine(device: torch.device) -> dict:
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None  # load skews CPU numbers
     return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "python": platform.python_version(), "device": str(device), "gpu": gpu, "load_1min": load}
+            "python": platform.python_version(), "device": str(device), "gpu": gpu,
+            "torch_threads": torch.get_num_threads(), "load_1min": load}
 
 
 def run(images: int = 10000, repeats: int = 5) -> dict:
@@ -174,7 +175,8 @@ def markdown(result: dict) -> str:
         f"{result['repeats']} repetitions alternating which side runs first; medians reported.",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, device {where}, torch {m['torch']}, "
-        f"torchvision {m['torchvision']}, Python {m['python']}; 1-minute load average {m['load_1min']} at start.",
+        f"torchvision {m['torchvision']}, Python {m['python']}, {m['torch_threads']} torch threads; "
+        f"1-minute load average {m['load_1min']} at start.",
         "",
         "| pipeline | images/s (median) | min | max | epoch s (median) |",
         "| --- | ---: | ---: | ---: | ---: |",
