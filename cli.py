@@ -41,9 +41,9 @@ class LoggedSaveConfigCallback(SaveConfigCallback):
     """Saves config.yaml in the run's log dir (beside `checkpoints/`) and sends the whole config to the loggers."""
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        config = self.parser.dump(self.config, skip_none=False, format="yaml")
+        config = self.config.as_dict()
         for logger in trainer.loggers:
-            logger.log_hyperparams({"config": config} if type(logger).__name__ == "CSVLogger" else self.config.as_dict())
+            logger.log_hyperparams(config)
 
 
 class SuperconvergenceCLI(LightningCLI):

@@ -59,6 +59,14 @@ def test_print_config_shows_the_composed_config(capsys):
     assert printed["model"]["init_args"]["lr_scheduler"]["init_args"]["pct_start"] == 0.4625
 
 
+def test_smoke_trainer_config_limits_the_run_and_keeps_the_1cycle_consistent(cifar_dir, tmp_path):
+    run = parse("--config", "configs/trainer/smoke.yaml", "--data.data_dir", str(cifar_dir), "--data.batch_size", "8",
+                "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path))
+    run.trainer.fit(run.model, run.datamodule)
+    assert run.trainer.global_step == 5
+    assert run.trainer.lr_scheduler_configs[0].scheduler.total_steps == 5  # estimated_stepping_batches
+
+
 def test_every_task_config_sets_seed_everything():
     for path in (REPO / "configs").glob("*.yaml"):
         config = yaml.safe_load(path.read_text())
