@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 
 import torch
-from pytorch_lightning import LightningDataModule, LightningModule, Trainer
 from jsonargparse import Namespace
+from pytorch_lightning import LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 

@@ -66,7 +66,9 @@ class ImageClassifier(pl.LightningModule):
         return last_linear[-1].out_features
 
     def setup(self, stage: str) -> None:
-        if self.channels_last and self.device.type == "cuda":
+        # Runs before Lightning moves the model to its device (a move keeps the memory format), so ask the
+        # strategy where the model is going rather than where it is.
+        if self.channels_last and self.trainer.strategy.root_device.type == "cuda":
             self.net.to(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

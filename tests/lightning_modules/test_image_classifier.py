@@ -117,3 +117,22 @@ def test_checkpoint_made_by_the_cli_reloads_without_any_config(cifar_dir, tmp_pa
     assert isinstance(reloaded.net, WideResNet) and reloaded.hparams.tta == 4
     for name, tensor in run.model.state_dict().items():
         torch.testing.assert_close(reloaded.state_dict()[name], tensor)
+
+
+def test_channels_last_is_applied_when_the_model_is_headed_for_a_gpu():
+    class FakeStrategy:
+        root_device = torch.device("cuda")
+
+    class FakeTrainer:
+        strategy = FakeStrategy()
+
+    model = small_model()
+    model._trainer = FakeTrainer()
+    model.setup("fit")
+    conv = model.net.features[0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    FakeStrategy.root_device = torch.device("cpu")
+    cpu_model = small_model()
+    cpu_model._trainer = FakeTrainer()
+    cpu_model.setup("fit")
+    assert cpu_model.net.features[0].weight.is_contiguous()
