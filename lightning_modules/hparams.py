@@ -1,6 +1,8 @@
 """Hyperparameters that let `Model.load_from_checkpoint(path)` rebuild a model made by `cli.py`."""
 from __future__ import annotations
 
+import inspect
+
 import pytorch_lightning as pl
 from pytorch_lightning.core.mixins.hparams_mixin import _given_hyperparameters
 
@@ -16,10 +18,5 @@ def save_hyperparameters_for_reload(module: pl.LightningModule) -> None:
     checkpoint's state dict; pass `net=` to `load_from_checkpoint`).
     """
     made_by_cli = _given_hyperparameters.get() is not None
-    module.save_hyperparameters(ignore=None if made_by_cli else list(OBJECT_ARGUMENTS), frame=_caller_frame())
-
-
-def _caller_frame():
-    import inspect
-
-    return inspect.currentframe().f_back.f_back
+    init_frame = inspect.currentframe().f_back  # the module's __init__, whose arguments are saved
+    module.save_hyperparameters(ignore=None if made_by_cli else list(OBJECT_ARGUMENTS), frame=init_frame)
