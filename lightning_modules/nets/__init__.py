@@ -1,4 +1,5 @@
 """Plain `nn.Module` networks (torch/torchvision only, no Lightning)."""
+from lightning_modules.nets.resnet_head import ResNetWithHead
 from lightning_modules.nets.wide_resnet import WideResNet
 
-__all__ = ["WideResNet"]
+__all__ = ["ResNetWithHead", "WideResNet"]
