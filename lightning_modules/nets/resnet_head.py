@@ -22,7 +22,9 @@ class AdaptiveConcatPool2d(nn.Module):
         return torch.cat([nn.functional.adaptive_avg_pool2d(x, 1), nn.functional.adaptive_max_pool2d(x, 1)], dim=1)
 
 
-def fastai_head(in_features: int, num_classes: int, hidden: int = 512, dropout: tuple[float, float] = (0.25, 0.5)) -> nn.Sequential:
+def fastai_head(
+    in_features: int, num_classes: int, hidden: int = 512, dropout: tuple[float, float] = (0.25, 0.5)
+) -> nn.Sequential:
     return nn.Sequential(
         AdaptiveConcatPool2d(),
         nn.Flatten(),
@@ -39,12 +41,17 @@ def fastai_head(in_features: int, num_classes: int, hidden: int = 512, dropout: 
 def load_resnet(arch: str, weights: str | None) -> nn.Module:
     """A torchvision ResNet; ImageNet weights are downloaded (hash-checked by torch.hub) or read from its cache."""
     if arch not in RESNETS:
-        raise ValueError(f"model.net.init_args.arch is '{arch}'; choose one of {', '.join(RESNETS)}.")
-    weights_enum = torchvision.models.get_model_weights(arch)[weights] if weights else None
+        raise ValueError(f"model.init_args.net.init_args.arch is '{arch}'; choose one of {', '.join(RESNETS)}.")
+    if weights is None:
+        return torchvision.models.get_model(arch)
+    available = torchvision.models.get_model_weights(arch)
+    if weights not in available.__members__:
+        raise ValueError(f"model.init_args.net.init_args.weights is '{weights}'; choose one of "
+                         f"{', '.join(available.__members__)} or null.")
+    url = available[weights].url
     try:
-        return torchvision.models.get_model(arch, weights=weights_enum)
+        return torchvision.models.get_model(arch, weights=available[weights])
     except (urllib.error.URLError, OSError, RuntimeError) as err:
-        url = weights_enum.url
         cache = f"{torch.hub.get_dir()}/checkpoints/{url.rsplit('/', 1)[-1]}"
         raise RuntimeError(
             f"Could not get the {arch} {weights} weights from {url} ({err}); download that file and place it at "

@@ -59,3 +59,8 @@ def test_failed_weights_download_names_the_file_and_the_cache_path(tmp_path, mon
 def test_unknown_arch_is_a_clear_error():
     with pytest.raises(ValueError, match=r"arch is 'resnet7'; choose one of resnet18"):
         ResNetWithHead(arch="resnet7", weights=None)
+
+
+def test_unknown_weights_name_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"weights is 'IMAGENET9'; choose one of IMAGENET1K_V1"):
+        ResNetWithHead(arch="resnet18", weights="IMAGENET9")
