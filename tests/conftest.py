@@ -14,6 +14,9 @@ os.environ.setdefault("WANDB_SILENT", "true")
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 SHARED_TOOLS = REPO.parent / "shared" / "tools"
+# CLI overrides that shrink configs/cifar.yaml's WRN-22 to a WRN-10-1, for fast CLI-driven tests.
+TINY_WRN_ARGS = ["--model.init_args.net.init_args.widen_factor", "1",
+                 "--model.init_args.net.init_args.blocks_per_group", "1"]
 
 
 def write_cifar_batch(path: Path, images: np.ndarray, labels: list[int] | np.ndarray) -> None:

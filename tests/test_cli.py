@@ -10,10 +10,9 @@ import yaml
 
 import cli
 from datamodules import CIFAR10DataModule
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY_WRN_ARGS
 from tests.wandb_records import config_keys, logged_metrics, run_tags
 
-TINY = ["--model.init_args.net.init_args.widen_factor", "1", "--model.init_args.net.init_args.blocks_per_group", "1"]
 
 
 class SevenClasses(CIFAR10DataModule):
@@ -23,8 +22,8 @@ class SevenClasses(CIFAR10DataModule):
 
 
 def parse(*args: str):
-    return cli.main(["--config", "configs/cifar.yaml", *TINY, "--trainer.enable_progress_bar", "false", *args],
-                    run=False)
+    return cli.main(["--config", "configs/cifar.yaml", *TINY_WRN_ARGS, "--trainer.enable_progress_bar", "false",
+                     *args], run=False)
 
 
 def test_num_classes_is_linked_from_the_datamodule(cifar_dir, tmp_path):
@@ -78,7 +77,8 @@ def test_every_task_config_sets_seed_everything():
 def test_fit_end_to_end_writes_checkpoints_config_csv_and_offline_wandb(cifar_dir, tmp_path):
     root = tmp_path / "run"
     command = [sys.executable, "cli.py", "fit", "--config", "configs/cifar.yaml", "--config", "configs/optim/adamw.yaml",
-               *TINY, "--data.data_dir", str(cifar_dir), "--data.download", "false", "--data.batch_size", "16",
+               *TINY_WRN_ARGS, "--data.data_dir", str(cifar_dir), "--data.download", "false",
+               "--data.batch_size", "16",
                "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(root),
                "--trainer.log_every_n_steps", "1"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,

@@ -10,9 +10,9 @@ import cli
 from datamodules import CIFAR10DataModule
 from lightning_modules import ImageClassifier
 from lightning_modules.nets import WideResNet
+from tests.conftest import TINY_WRN_ARGS
 from tests.optim.test_one_cycle import seed_formula
 
-TINY_NET = ["--model.init_args.net.init_args.widen_factor", "1", "--model.init_args.net.init_args.blocks_per_group", "1"]
 
 
 def quiet_trainer(**kwargs) -> pl.Trainer:
@@ -33,7 +33,7 @@ class RecordSchedule(Callback):
 
 def test_cifar_config_schedule_is_the_seeds_1cycle_stepped_every_batch(cifar_dir, tmp_path):
     # 80 images / batch 8 = 10 steps per epoch, 16 epochs = 160 steps (peak on step 73 exactly)
-    run = cli.main(["--config", "configs/cifar.yaml", *TINY_NET, "--data.data_dir", str(cifar_dir),
+    run = cli.main(["--config", "configs/cifar.yaml", *TINY_WRN_ARGS, "--data.data_dir", str(cifar_dir),
                     "--data.download", "false", "--data.batch_size", "8", "--trainer.max_epochs", "16",
                     "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
                     "--trainer.default_root_dir", str(tmp_path), "--trainer.limit_val_batches", "1"], run=False)
@@ -106,7 +106,7 @@ def test_tta_without_an_augmenting_datamodule_is_a_clear_error():
 
 
 def test_checkpoint_made_by_the_cli_reloads_without_any_config(cifar_dir, tmp_path):
-    run = cli.main(["--config", "configs/cifar.yaml", *TINY_NET, "--data.data_dir", str(cifar_dir),
+    run = cli.main(["--config", "configs/cifar.yaml", *TINY_WRN_ARGS, "--data.data_dir", str(cifar_dir),
                     "--data.download", "false", "--data.batch_size", "16", "--trainer.max_epochs", "1",
                     "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
                     "--trainer.default_root_dir", str(tmp_path), "--test_after_fit", "false"], run=False)
