@@ -7,11 +7,14 @@ What it adds to LightningCLI, and why:
 - W&B runs are tagged with the optimizer and its weight-decay mode (adamw/adam/sgd, amsgrad, decoupled-wd/l2-wd);
 - the resolved config is saved next to the checkpoints and logged to every logger (W&B shows it in full);
 - `fit` ends with a test of the final weights (the seed's reported number), unless `--test_after_fit false`;
-- mixed precision defaults to bf16 on a GPU that supports it and to fp32 elsewhere, so one config runs on both.
+- mixed precision defaults to bf16 on a GPU that supports it and to fp32 elsewhere, so one config runs on both;
+- `--ckpt_path last` resumes from the newest `last.ckpt` under `--trainer.default_root_dir` (Lightning alone
+  looks only in the new run's own version folder, finds nothing and silently starts from scratch).
 """
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from jsonargparse import Namespace
@@ -35,6 +38,15 @@ def optimizer_tags(optimizer: Namespace | None) -> list[str]:
 
 def default_precision() -> str:
     return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def newest_last_checkpoint(root: str | os.PathLike) -> str:
+    """The most recently written `last.ckpt` under `root` (any logger version), or a clear error."""
+    candidates = sorted(Path(root).glob("**/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise FileNotFoundError(f"--ckpt_path last: no last.ckpt under trainer.default_root_dir={root}; "
+                                "pass the checkpoint's path, or drop --ckpt_path to start a new run.")
+    return str(candidates[-1])
 
 
 class LoggedSaveConfigCallback(SaveConfigCallback):
@@ -62,6 +74,8 @@ class SuperconvergenceCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config)
         root = config.trainer.default_root_dir or os.getcwd()
+        if self.subcommand == "fit" and config.get("ckpt_path") == "last":
+            config.ckpt_path = newest_last_checkpoint(root)
         # Let the flags win over callbacks in the YAML that would otherwise refuse to start.
         unwanted = []
         if config.trainer.enable_progress_bar is False:

@@ -1,4 +1,5 @@
 """LightningDataModules: files on disk → batches (data only, no models)."""
 from datamodules.cifar10 import CIFAR10DataModule
+from datamodules.stanford_cars import StanfordCarsDataModule
 
-__all__ = ["CIFAR10DataModule"]
+__all__ = ["CIFAR10DataModule", "StanfordCarsDataModule"]

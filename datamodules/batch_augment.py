@@ -34,3 +34,40 @@ def random_crop_flip(images: torch.Tensor, pad: int, generator: torch.Generator 
     index = (rows[:, :, None] * (width + 2 * pad) + cols[:, None, :]).view(n, 1, height * width)
     cropped = padded.reshape(n, channels, -1).gather(2, index.expand(n, channels, height * width))
     return cropped.view(n, channels, height, width)
+
+
+def random_affine_flip_lighting(
+    images: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    max_zoom: float = 1.05,
+    max_rotation: float = 10.0,
+    lighting: float = 0.05,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Per-image random zoom (1..max_zoom, shifted within the margin), rotation (±max_rotation°), horizontal
+    flip and lighting (brightness and contrast ±lighting) on a normalised batch.
+
+    Trick named: zoom, shift, rotation and flip are one affine map per image, so the whole batch is resampled by
+    a single `grid_sample` (reflection padding, like fastai 0.7's rotation). Lighting is fastai's
+    p·(1+c) + b on pixels in 0..1, rewritten for normalised inputs: x·(1+c) + (mean·c + b)/std.
+    """
+    n, channels = images.shape[:2]
+    device = images.device
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(n, device=device, generator=generator)
+
+    angle = torch.deg2rad(uniform(-max_rotation, max_rotation))
+    scale = uniform(1.0, max_zoom)
+    flip = torch.where(torch.rand(n, device=device, generator=generator) < 0.5, -1.0, 1.0)
+    margin = 1.0 - 1.0 / scale  # how far a zoomed-in window can move and stay inside the image
+    shift_x, shift_y = uniform(-1.0, 1.0) * margin, uniform(-1.0, 1.0) * margin
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos * flip, -sin, shift_x], 1), torch.stack([sin * flip, cos, shift_y], 1)], 1)
+    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    contrast = uniform(-lighting, lighting).view(n, 1, 1, 1)
+    brightness = uniform(-lighting, lighting).view(n, 1, 1, 1)
+    offset = (mean.view(1, channels, 1, 1) * contrast + brightness) / std.view(1, channels, 1, 1)
+    return out * (1 + contrast) + offset

@@ -1,7 +1,16 @@
-"""ImageClassifier: cross-entropy training of any image net, with 1cycle and test-time augmentation.
+"""ImageClassifier: cross-entropy training of any image net, with 1cycle, fine-tuning stages and TTA.
 
-Serves CIFAR-10 (WRN-22) and Stanford Cars (ResNet50 + fastai head): the task is chosen by the datamodule, the
-net and the config, never by a subclass.
+Serves CIFAR-10 (WRN-22, one 1cycle) and Stanford Cars (ResNet50 + fastai head, two fine-tuning stages): the
+task is chosen by the datamodule, the net and the config, never by a subclass.
+
+Fine-tuning stages (`stages`), and why they are built this way: torch's `OneCycleLR` writes its bookkeeping
+(`initial_lr`, `max_lr`, `min_lr`) into the param groups it is built with, so a group added later (Lightning's
+`BaseFinetuning.unfreeze_and_add_param_group`) is never scheduled. Here the optimizer always holds every layer
+group (frozen ones at lr 0), and at a stage boundary `on_train_epoch_start` unfreezes and asks the strategy to
+run `configure_optimizers` again: a fresh optimizer and a fresh 1cycle over that stage's steps, as fastai 0.7
+built a new optimizer for each `fit` call. The active stage is saved in the checkpoint and restored before
+Lightning rebuilds the optimizer on resume, so the saved optimizer and scheduler state load into the optimizer
+of the stage they came from, and that stage's schedule simply continues.
 """
 from __future__ import annotations
 
@@ -9,11 +18,14 @@ import torch
 import torch.nn.functional as F
 import pytorch_lightning as pl
 from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_modules.hparams import save_hyperparameters_for_reload
-from optim import OneCycleLR, apply_lr_multipliers, param_groups
+from optim import FinetuneStage, OneCycleLR, apply_lr_multipliers, as_stages, param_groups, set_trainable, stage_at_epoch
+
+STAGE_CHECKPOINT_KEY = "finetune_stage"
 
 
 def _default_optimizer(params) -> torch.optim.Optimizer:
@@ -34,6 +46,9 @@ class ImageClassifier(pl.LightningModule):
         tta_seed: seed of the TTA views, so `test/acc_tta` is reproducible.
         decay_norm_and_bias: False excludes norm weights and biases from weight decay (the seed decays all).
         channels_last: use channels-last memory format on GPU (faster convolutions with tensor cores).
+        stages: fine-tuning stages (see `optim.FinetuneStage`), each its own optimizer and 1cycle over its own
+            epochs; they add up to `trainer.max_epochs` (fewer stops early), and the net needs `layer_groups()`. Each stage's
+            `lr` replaces the optimizer's. null: one stage, everything trainable, the optimizer's lr.
     """
 
     def __init__(
@@ -45,6 +60,7 @@ class ImageClassifier(pl.LightningModule):
         tta_seed: int = 0,
         decay_norm_and_bias: bool = True,
         channels_last: bool = True,
+        stages: list[FinetuneStage] | None = None,
     ):
         super().__init__()
         save_hyperparameters_for_reload(self)
@@ -52,6 +68,11 @@ class ImageClassifier(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.tta, self.tta_seed = tta, tta_seed
         self.decay_norm_and_bias, self.channels_last = decay_norm_and_bias, channels_last
+        self.stages = as_stages(stages)
+        self.active_stage = 0  # index into `stages` whose optimizer currently exists (saved in checkpoints)
+        if self.stages is not None and not callable(getattr(net, "layer_groups", None)):
+            raise ValueError(f"model.stages needs a net with layer groups; {type(net).__name__} has no "
+                             "layer_groups() method (use e.g. ResNetWithHead, or set model.stages: null).")
         num_classes = self._num_classes(net)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -70,6 +91,8 @@ class ImageClassifier(pl.LightningModule):
         # strategy where the model is going rather than where it is.
         if self.channels_last and self.trainer.strategy.root_device.type == "cuda":
             self.net.to(memory_format=torch.channels_last)
+        if stage == "fit":
+            self._apply_stage()  # before DDP wraps the model: DDP only syncs parameters that require grad then
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last and images.is_cuda:
@@ -113,8 +136,73 @@ class ImageClassifier(pl.LightningModule):
             probabilities = probabilities + self(augment(images, generator)).softmax(dim=1)
         return probabilities / (self.tta + 1)
 
+    # --- fine-tuning stages ------------------------------------------------------------------------------
+
+    def _apply_stage(self) -> None:
+        if self.stages is not None:
+            set_trainable(self.net.layer_groups(), self.stages[self.active_stage].frozen_groups)
+
+    def on_train_epoch_start(self) -> None:
+        if self.stages is None:
+            return
+        wanted = stage_at_epoch(self.stages, self.current_epoch)
+        if wanted != self.active_stage:
+            self.active_stage = wanted
+            self._apply_stage()
+            self._rewrap_ddp()
+            self.trainer.strategy.setup_optimizers(self.trainer)  # calls configure_optimizers for the new stage
+        self._apply_stage()  # frozen BatchNorm back to eval after validation/model.train()
+        self.log("train/stage", float(self.active_stage + 1), on_step=False, on_epoch=True)
+
+    def _rewrap_ddp(self) -> None:
+        """DDP records which parameters need gradient sync when it wraps the model: wrap again after unfreezing."""
+        from pytorch_lightning.strategies import DDPStrategy
+
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DDPStrategy) and strategy.model is not self:
+            strategy.model = strategy._setup_model(self)
+            strategy._register_ddp_hooks()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[STAGE_CHECKPOINT_KEY] = self.active_stage
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Runs before the optimizers are rebuilt on resume, so they are built for the checkpoint's stage.
+        self.active_stage = int(checkpoint.get(STAGE_CHECKPOINT_KEY, 0))
+        if self.stages is not None and self.active_stage >= len(self.stages):
+            raise ValueError(f"the checkpoint was taken in fine-tuning stage {self.active_stage + 1} but "
+                             f"model.stages has {len(self.stages)}; resume with the stages it was trained with.")
+        self._apply_stage()
+
+    def _stage_steps(self, stage: FinetuneStage) -> int:
+        """Optimizer steps in `stage`: its epochs × Lightning's steps per epoch (devices, accumulation, limits).
+
+        `trainer.max_epochs` below the stages' total stops the run early with the schedule unchanged (a time
+        limit, a cluster job); resume with `--ckpt_path last` and the full `max_epochs` to finish it.
+        """
+        total_epochs = sum(s.epochs for s in self.stages)
+        max_epochs, max_steps = self.trainer.max_epochs, self.trainer.max_steps
+        if max_steps not in (-1, None) or max_epochs is None or not 0 < max_epochs <= total_epochs:
+            raise ValueError(f"model.stages add up to {total_epochs} epochs but trainer.max_epochs is {max_epochs} "
+                             f"(max_steps {max_steps}); set --trainer.max_epochs {total_epochs} and leave max_steps "
+                             "unset, or change the stages.")
+        if max_epochs < total_epochs and self.active_stage == stage_at_epoch(self.stages, 0):
+            rank_zero_warn(f"trainer.max_epochs {max_epochs} stops before the end of model.stages "
+                           f"({total_epochs} epochs); resume with --ckpt_path last --trainer.max_epochs "
+                           f"{total_epochs} to finish the schedule.")
+        return int(self.trainer.estimated_stepping_batches // max_epochs * stage.epochs)
+
     def configure_optimizers(self):
-        groups = param_groups(self.net, decay_norm_and_bias=self.decay_norm_and_bias)
-        optimizer = apply_lr_multipliers(self.optimizer_factory(groups))
-        scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
+        if self.stages is None:
+            groups = param_groups(self.net, decay_norm_and_bias=self.decay_norm_and_bias)
+            optimizer = apply_lr_multipliers(self.optimizer_factory(groups))
+            total_steps = self.trainer.estimated_stepping_batches
+        else:
+            stage = self.stages[self.active_stage]
+            layer_groups = self.net.layer_groups()
+            groups = param_groups(layer_groups, stage.group_multipliers(len(layer_groups)),
+                                  decay_norm_and_bias=self.decay_norm_and_bias, include_frozen=True)
+            optimizer = apply_lr_multipliers(self.optimizer_factory(groups), lr=stage.lr)
+            total_steps = self._stage_steps(stage)
+        scheduler = self.scheduler_factory(optimizer, total_steps=total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,5 +1,7 @@
-"""Schedules and parameter groups that torch lacks; optimizers themselves are `torch.optim` classes."""
+"""Schedules, parameter groups and fine-tuning stages that torch lacks; optimizers are `torch.optim` classes."""
+from optim.finetune_stages import FinetuneStage, as_stages, set_trainable, stage_at_epoch
 from optim.one_cycle import OneCycleLR
 from optim.param_groups import apply_lr_multipliers, param_groups
 
-__all__ = ["OneCycleLR", "apply_lr_multipliers", "param_groups"]
+__all__ = ["FinetuneStage", "OneCycleLR", "apply_lr_multipliers", "as_stages", "param_groups", "set_trainable",
+           "stage_at_epoch"]

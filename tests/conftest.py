@@ -58,3 +58,19 @@ def real_cifar_archive() -> Path:
     if not archive.is_file():
         pytest.skip(f"real CIFAR-10 not available: {archive} is absent (it ships in ../shared/data on project machines)")
     return archive
+
+
+@pytest.fixture(scope="session")
+def cars_devkit() -> Path:
+    devkit = SHARED_DATA / "stanford-cars-devkit"
+    if not (devkit / "cars_train_annos.mat").is_file():
+        pytest.skip(f"Stanford Cars devkit not available: {devkit} is absent (it ships in ../shared/data on project machines)")
+    return devkit
+
+
+@pytest.fixture(scope="session")
+def cars_root(cars_devkit: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A torchvision-layout Cars root (4 classes × 3 train, 8 test images), shared read-only by the tests."""
+    from tests.cars_fixture import make_cars_root
+
+    return make_cars_root(tmp_path_factory.mktemp("cars"), cars_devkit)

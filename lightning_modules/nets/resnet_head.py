@@ -13,6 +13,9 @@ import torchvision
 from torch import nn
 
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+# jsonargparse hands `--model.init_args.net.init_args.weights null` (a nested subclass argument) over as the
+# string "None"; all of these mean "no pretrained weights".
+NO_WEIGHTS = (None, "None", "null", "none", "")
 
 
 class AdaptiveConcatPool2d(nn.Module):
@@ -42,7 +45,7 @@ def load_resnet(arch: str, weights: str | None) -> nn.Module:
     """A torchvision ResNet; ImageNet weights are downloaded (hash-checked by torch.hub) or read from its cache."""
     if arch not in RESNETS:
         raise ValueError(f"model.init_args.net.init_args.arch is '{arch}'; choose one of {', '.join(RESNETS)}.")
-    if weights is None:
+    if weights in NO_WEIGHTS:
         return torchvision.models.get_model(arch)
     available = torchvision.models.get_model_weights(arch)
     if weights not in available.__members__:
