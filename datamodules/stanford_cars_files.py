@@ -10,12 +10,18 @@ what is missing, where to get it and where to put it.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision.io import ImageReadMode, decode_image
+
+# torchvision 0.29 deprecates its decoders in favour of TorchCodec, warning on every image; the decoders still
+# work and need no extra package, so keep them (the issue asked for torchvision.io) and say it once, here.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
 
 NUM_CLASSES = 196
 MIRRORS = ("images: https://www.kaggle.com/datasets/jessicali9530/stanford-cars-dataset; devkit and "

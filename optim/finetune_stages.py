@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 
@@ -48,6 +49,10 @@ class FinetuneStage:
             raise ValueError(f"model.stages: lr_multipliers has {len(multipliers)} values for {num_groups} layer "
                              "groups; give one value per group.")
         return [0.0 if i < self.frozen_groups else m for i, m in enumerate(multipliers)]
+
+
+# Plain data: let checkpoints that carry stages in their hyperparameters load with `weights_only=True`.
+torch.serialization.add_safe_globals([FinetuneStage])
 
 
 def as_stages(stages: Sequence[FinetuneStage | dict] | None) -> list[FinetuneStage] | None:
