@@ -14,6 +14,8 @@ of the stage they came from, and that stage's schedule simply continues.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 import pytorch_lightning as pl
@@ -91,8 +93,10 @@ class ImageClassifier(pl.LightningModule):
         # strategy where the model is going rather than where it is.
         if self.channels_last and self.trainer.strategy.root_device.type == "cuda":
             self.net.to(memory_format=torch.channels_last)
-        if stage == "fit":
+        if stage == "fit" and self.stages is not None:
             self._apply_stage()  # before DDP wraps the model: DDP only syncs parameters that require grad then
+            # Frozen BatchNorm layers are in eval mode on purpose; Lightning would warn about them at fit start.
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last and images.is_cuda:
