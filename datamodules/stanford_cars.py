@@ -142,9 +142,10 @@ class StanfordCarsDataModule(pl.LightningDataModule):
         return StanfordCars(str(self.data_dir), split=split.name, transform=transform, loader=loader)
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        # Training drops the last incomplete batch: a batch of one image would break the head's BatchNorm1d.
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0,
-                          drop_last=False)
+                          drop_last=shuffle)
 
     def train_dataloader(self) -> DataLoader:
         if len(self.train_set) < self.batch_size:

@@ -65,7 +65,7 @@ def test_fit_runs_both_stages_and_resumes_mid_stage_two_from_last(cars_root, tmp
     override = tiny_cars_config(tmp_path / "tiny.yaml", cars_root, root)
     base = [sys.executable, "cli.py", "fit", "--config", "configs/cars.yaml", "--config", str(override)]
     env = {**os.environ, "WANDB_MODE": "offline"}
-    # 10 training images / 4 per batch = 3 steps per epoch: stage 1 = steps 0-2, stage 2 = steps 3-8.
+    # 10 training images / 4 per batch = 2 full batches per epoch: stage 1 = steps 0-1, stage 2 = steps 2-5.
     first = subprocess.run([*base, "--trainer.max_epochs", "2", "--test_after_fit", "false"], cwd=REPO,
                            capture_output=True, text=True, timeout=600, env=env)  # stops after stage 2's first epoch
     assert first.returncode == 0, first.stderr[-3000:]
@@ -75,11 +75,11 @@ def test_fit_runs_both_stages_and_resumes_mid_stage_two_from_last(cars_root, tmp
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restored all states from the checkpoint" in resumed.stderr + resumed.stdout
 
-    expected = [lrs for lrs, _ in reference_schedule([0.0, 0.0, 0.01], 3)]
-    expected += [lrs for lrs, _ in reference_schedule([0.003 / 9, 0.003 / 3, 0.003], 6)]
+    expected = [lrs for lrs, _ in reference_schedule([0.0, 0.0, 0.01], 2)]
+    expected += [lrs for lrs, _ in reference_schedule([0.003 / 9, 0.003 / 3, 0.003], 4)]
     first_dir, resumed_dir = root / "csv" / "version_0", root / "csv" / "version_1"
     first_lrs, resumed_lrs = _lr_rows(first_dir / "metrics.csv"), _lr_rows(resumed_dir / "metrics.csv")
-    assert sorted(first_lrs) == list(range(6)) and sorted(resumed_lrs) == [6, 7, 8]
+    assert sorted(first_lrs) == list(range(4)) and sorted(resumed_lrs) == [4, 5]
     for step, lrs in {**first_lrs, **resumed_lrs}.items():
         assert lrs == pytest.approx(expected[step], rel=1e-6, abs=1e-12), f"lrs at step {step}"
 
@@ -88,9 +88,9 @@ def test_fit_runs_both_stages_and_resumes_mid_stage_two_from_last(cars_root, tmp
     header = (resumed_dir / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"test/acc", "test/acc_tta", "val/acc", "train/stage"} <= set(header)
     state = torch.load(resumed_dir / "checkpoints" / "last.ckpt", weights_only=False)
-    assert state["finetune_stage"] == 1 and state["global_step"] == 9
+    assert state["finetune_stage"] == 1 and state["global_step"] == 6
     assert state["state_dict"]["net.head.8.weight"].shape == (196, 512)
 
     wandb_runs = sorted(root.glob("wandb/offline-run-*/run-*.wandb"))
     history = logged_metrics(wandb_runs[0])
-    assert history["train/stage"] == [1.0, 2.0] and len(history["lr-Adam/pg1"]) == 6
+    assert history["train/stage"] == [1.0, 2.0] and len(history["lr-Adam/pg1"]) == 4

@@ -1,6 +1,8 @@
 """Two-stage fine-tuning through a real Trainer: freezing, per-stage 1cycles with discriminative lrs, resume."""
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -22,8 +24,8 @@ def cars_model(stages=None) -> ImageClassifier:
                         FinetuneStage(epochs=4, lr=STAGE2, lr_multipliers=MULTIPLIERS)]
     return ImageClassifier(
         ResNetWithHead(num_classes=196, arch="resnet18", weights=None),
-        optimizer=lambda groups: torch.optim.Adam(groups, lr=1.0, betas=(0.95, 0.99), weight_decay=1e-3),
-        lr_scheduler=lambda optimizer, total_steps: OneCycleLR(optimizer, total_steps, **SCHEDULE),
+        optimizer=partial(torch.optim.Adam, lr=1.0, betas=(0.95, 0.99), weight_decay=1e-3),  # picklable for DDP
+        lr_scheduler=partial(OneCycleLR, **SCHEDULE),
         tta=0,
         stages=stages,
     )
