@@ -90,6 +90,10 @@ def test_fit_runs_both_stages_and_resumes_mid_stage_two_from_last(cars_root, tmp
     state = torch.load(resumed_dir / "checkpoints" / "last.ckpt", weights_only=False)
     assert state["finetune_stage"] == 1 and state["global_step"] == 6
     assert state["state_dict"]["net.head.8.weight"].shape == (196, 512)
+    from lightning_modules import ImageClassifier
+
+    reloaded = ImageClassifier.load_from_checkpoint(resumed_dir / "checkpoints" / "last.ckpt")  # no config needed
+    assert reloaded.active_stage == 1 and [s.epochs for s in reloaded.stages] == [1, 2]
 
     wandb_runs = sorted(root.glob("wandb/offline-run-*/run-*.wandb"))
     history = logged_metrics(wandb_runs[0])
