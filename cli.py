@@ -60,7 +60,10 @@ class LoggedSaveConfigCallback(SaveConfigCallback):
 
 class SuperconvergenceCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Facts the data knows and the net needs; a link whose source or target the chosen classes lack is skipped.
         parser.link_arguments("data.num_classes", "model.init_args.net.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.vocab_size", "model.init_args.net.init_args.vocab_size", apply_on="instantiate")
+        parser.link_arguments("data.bptt", "model.init_args.bptt", apply_on="instantiate")
         parser.set_defaults({"trainer.precision": default_precision()})
         parser.add_argument(
             "--test_after_fit", type=bool, default=True,

@@ -74,3 +74,22 @@ def cars_root(cars_devkit: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     from tests.cars_fixture import make_cars_root
 
     return make_cars_root(tmp_path_factory.mktemp("cars"), cars_devkit)
+
+
+@pytest.fixture
+def serve(tmp_path, monkeypatch):
+    """Serve `tmp_path` over HTTP on the loopback interface, so the real download code path runs offline."""
+    import functools
+    import http.server
+    import threading
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()

@@ -158,25 +158,7 @@ def test_batch_size_larger_than_the_training_set(cifar_dir):
         dm.train_dataloader()
 
 
-# --- download: verified by MD5, tested against a local archive ----------------------------------------
-
-@pytest.fixture
-def serve(tmp_path, monkeypatch):
-    """Serve `tmp_path` over HTTP on the loopback interface, so the real download code path runs offline."""
-    import functools
-    import http.server
-    import threading
-
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    monkeypatch.setenv("no_proxy", "127.0.0.1")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+# --- download: verified by MD5, tested against a local archive (the `serve` fixture is in conftest) -----
 
 
 def make_archive(tmp_path: Path) -> tuple[Path, str]:

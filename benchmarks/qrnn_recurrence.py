@@ -1,0 +1,155 @@
+"""Forward+backward time of QRNN fo-pooling: `fo_pool` against the plain per-step autograd loop `fo_pool_loop`.
+
+Why: the QRNN's only sequential part is fo-pooling, c_t = f_t z_t + (1 - f_t) c_{t-1}, and without Salesforce's
+cupy kernel it runs once per layer per batch in each direction. `lightning_modules/nets/qrnn.py` runs it as one
+autograd Function whose backward is one more recurrence; this measures what that gains over the loop.
+
+Sides, all in `lightning_modules/nets/qrnn.py`:
+- `fo_pool` with each method, "sequential" and "chunked"; the ratio is claimed for the one `method="auto"` picks
+  on the device (sequential on CPU, chunked on a GPU), the other is shown to check that choice.
+- baseline: `fo_pool_loop`, the loop as one would write it (time split once with `unbind`, so its backward does
+  not build a full-size zero gradient per step; Salesforce's CPU fallback also splits once).
+
+Fairness: every side gets the same float32 inputs on the same device — gates as a layer makes them (sigmoid and
+tanh of N(0, 1) pre-activations), a random initial state, all three leaves needing gradients — and the same
+upstream gradient. One repetition is forward plus backward with the gradients cleared first, CUDA synchronised.
+Each side gets one untimed warm-up, whose outputs and gradients are compared with the loop's; repetitions rotate
+which side runs first; medians are reported and the speed-up is paired per repetition.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # runnable as a script from anywhere
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from benchmarks.cifar_pipeline import machine
+from lightning_modules.nets.qrnn import fo_pool, fo_pool_loop
+
+TARGET_RATIO = 10.0
+SIDES = ("sequential", "chunked", "loop")
+
+
+def synthetic_gates(batch: int, seq_len: int, hidden: int, device: torch.device,
+                    seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """forget = sigmoid(N(0,1)), candidate = tanh(N(0,1)), c0 and the upstream gradient ~ N(0,1)."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (batch, seq_len, hidden)
+    forget = torch.sigmoid(torch.randn(shape, generator=generator))
+    candidate = torch.tanh(torch.randn(shape, generator=generator))
+    c0, grad = torch.randn(batch, hidden, generator=generator), torch.randn(shape, generator=generator)
+    return tuple(t.to(device) for t in (forget, candidate, c0, grad))
+
+
+def _side(name: str):
+    if name == "loop":
+        return fo_pool_loop
+    return lambda forget, candidate, c0: fo_pool(forget, candidate, c0, method=name)
+
+
+def _forward_backward(fn, leaves: list[torch.Tensor], grad: torch.Tensor, device: torch.device) -> float:
+    """Seconds for one forward + backward, gradients cleared first."""
+    for leaf in leaves:
+        leaf.grad = None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn(*leaves).backward(grad)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def run(batch: int = 20, seq_len: int = 70, hidden: int = 1550, repeats: int = 20) -> dict:
+    """Warm up every side and compare its results with the loop's, then time `repeats` rotating rounds."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    auto = "sequential" if device.type == "cpu" else "chunked"  # what fo_pool(method="auto") picks here
+    forget, candidate, c0, grad = synthetic_gates(batch, seq_len, hidden, device)
+    leaves = {name: [t.clone().requires_grad_() for t in (forget, candidate, c0)] for name in SIDES}
+
+    results = {}
+    for name in SIDES:  # warm-up (allocator, kernels), keeping what each side computed
+        out = _side(name)(*leaves[name])
+        out.backward(grad)
+        results[name] = [out.detach()] + [leaf.grad for leaf in leaves[name]]
+    max_abs_diff = {name: max((a - b).abs().max().item() for a, b in zip(results[name], results["loop"]))
+                    for name in SIDES}
+
+    seconds = {name: [] for name in SIDES}
+    for rep in range(repeats):
+        order = SIDES[rep % len(SIDES):] + SIDES[:rep % len(SIDES)]
+        for name in order:
+            seconds[name].append(_forward_backward(_side(name), leaves[name], grad, device))
+
+    speedups = {name: [loop / s for loop, s in zip(seconds["loop"], seconds[name])] for name in SIDES}
+    ratio = statistics.median(speedups[auto])
+    return {
+        "batch": batch, "seq_len": seq_len, "hidden": hidden, "repeats": repeats, "dtype": "float32",
+        "machine": machine(device), "auto_method": auto,
+        "seconds": seconds,
+        "ms": {name: 1e3 * statistics.median(secs) for name, secs in seconds.items()},
+        "speedups": speedups, "speedup": {name: statistics.median(s) for name, s in speedups.items()},
+        "ratio": ratio, "target": TARGET_RATIO, "passed": ratio >= TARGET_RATIO,
+        "max_abs_diff": max_abs_diff,  # over c and the gradients for forget, candidate and c0
+    }
+
+
+def markdown(result: dict) -> str:
+    """The docs/BENCHMARKS.md section for one `run` result."""
+    m = result["machine"]
+    where = f"{m['device']} ({m['gpu']})" if m["gpu"] else m["device"]
+    lines = [
+        "## QRNN fo-pooling recurrence",
+        "",
+        "c_t = f_t z_t + (1 - f_t) c_{t-1} over [batch, time, hidden] = "
+        f"[{result['batch']}, {result['seq_len']}, {result['hidden']}] ({result['dtype']}), forward + backward "
+        "(gradients for the forget gates, candidates and initial state):",
+        "",
+        "- **sequential**, **chunked**: `fo_pool(method=...)` (`lightning_modules/nets/qrnn.py`), one autograd "
+        "Function whose backward is one more recurrence; one fused op per step, or chunks of ~sqrt(T) steps "
+        f"side by side. `method=\"auto\"` picks **{result['auto_method']}** here.",
+        "- **loop**: `fo_pool_loop`, a per-step Python loop under autograd (time split once with `unbind`).",
+        "",
+        "Same inputs (gates as sigmoid/tanh of N(0, 1)) and upstream gradient for every side; one untimed warm-up "
+        f"each; {result['repeats']} repetitions rotating which side runs first; medians; speed-up paired per "
+        "repetition.",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, device {where}, torch {m['torch']}, Python {m['python']}, "
+        f"{m['torch_threads']} torch threads; 1-minute load average {m['load_1min']} at start.",
+        "",
+        "| side | ms fwd+bwd (median) | min | max | speed-up vs loop | max abs diff vs loop |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name in SIDES:
+        ms = [1e3 * s for s in result["seconds"][name]]
+        lines.append(f"| {name} | {result['ms'][name]:.2f} | {min(ms):.2f} | {max(ms):.2f} "
+                     f"| {result['speedup'][name]:.2f}× | {result['max_abs_diff'][name]:.1e} |")
+    verdict = "PASS" if result["passed"] else "FAIL"
+    speedups = result["speedups"][result["auto_method"]]
+    lines += [
+        "",
+        f"Median speed-up of `fo_pool` ({result['auto_method']}) over the loop: **{result['ratio']:.1f}×** "
+        f"(range {min(speedups):.1f}–{max(speedups):.1f}×); target ≥ {result['target']:.0f}×: **{verdict}**.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=20)
+    parser.add_argument("--seq-len", type=int, default=70, help="bptt length")
+    parser.add_argument("--hidden", type=int, default=1550, help="the seed's QRNN hidden size")
+    parser.add_argument("--repeats", type=int, default=20, help="timed rounds per side (after one warm-up)")
+    args = parser.parse_args()
+    print(markdown(run(args.batch, args.seq_len, args.hidden, args.repeats)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""LanguageModel: AWD-LSTM / QRNN training with AR/TAR, per-batch lr scaling, perplexity, and the neural cache.
+
+What it does that a generic module would not, and why:
+- the hidden state is carried from batch to batch (detached: Lightning 2.x has no truncated BPTT) and reset at
+  each epoch start and before every evaluation, so a row of the stream is read as one continuous text;
+- the loss adds activation regularisation (AR, α·mean(h²) on the dropped last-layer output) and temporal
+  activation regularisation (TAR, β·mean((h_t − h_{t−1})²) on the raw one), as AWD-LSTM;
+- the lr of each training batch is scaled by seq_len/bptt (a short sequence gets a proportionally smaller
+  step), on top of the 1cycle, which is closed-form so the scaling never accumulates;
+- perplexities are exp of the token-weighted mean loss over the whole split (not a mean of batch perplexities);
+- at test time (and optionally validation) the neural cache pointer of Grave et al. also gives `test/ppl_cache`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import pytorch_lightning as pl
+from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+from torchmetrics.aggregation import MeanMetric
+
+from lightning_modules.hparams import save_hyperparameters_for_reload
+from lightning_modules.nets.awd_lstm import detach_state
+from lightning_modules.neural_cache import NeuralCache
+from optim import RNNOneCycleLR
+
+
+def _default_optimizer(params) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=5e-3, betas=(0.8, 0.99), weight_decay=1.2e-6)
+
+
+def _default_scheduler(optimizer: torch.optim.Optimizer, total_steps: int) -> RNNOneCycleLR:
+    return RNNOneCycleLR(optimizer, total_steps)
+
+
+class LanguageModel(pl.LightningModule):
+    """Args:
+        net: an `RNNLanguageNet` (AWDLSTM, QRNNLanguageNet); its `vocab_size` is linked from the data.
+        optimizer, lr_scheduler: as in ImageClassifier; the scheduler gets `total_steps` and is stepped per batch.
+        alpha, beta: AR and TAR weights (the seed: 3 and 1.5 for the AWD-LSTM, 2 and 1 for the QRNN).
+        bptt: the mean training sequence length the lr scaling refers to (linked from the data).
+        cache: evaluate `test/ppl_cache` with the neural cache (needs data.eval_batch_size 1).
+        cache_window, cache_theta, cache_lambda: the cache's size, flatness and mixing weight (the seed's
+            WikiText-2 values: 3785, 0.662, 0.1279).
+        cache_in_validation: also log `val/ppl_cache` every validation (slower).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerCallable = _default_optimizer,
+        lr_scheduler: LRSchedulerCallable = _default_scheduler,
+        alpha: float = 3.0,
+        beta: float = 1.5,
+        bptt: int = 70,
+        cache: bool = True,
+        cache_window: int = 3785,
+        cache_theta: float = 0.662,
+        cache_lambda: float = 0.1279,
+        cache_in_validation: bool = False,
+    ):
+        super().__init__()
+        save_hyperparameters_for_reload(self)
+        for name, value in (("alpha", alpha), ("beta", beta), ("cache_lambda", cache_lambda)):
+            if value < 0:
+                raise ValueError(f"model.init_args.{name} is {value}; it must be ≥ 0.")
+        if bptt <= 0 or cache_window <= 0:
+            raise ValueError(f"model.init_args.bptt ({bptt}) and cache_window ({cache_window}) must be positive.")
+        self.net = net
+        self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
+        self.alpha, self.beta, self.bptt = alpha, beta, bptt
+        self.cache_enabled, self.cache_in_validation = cache, cache_in_validation
+        self.cache_settings = dict(window=cache_window, theta=cache_theta, lambdah=cache_lambda)
+        self.losses = nn.ModuleDict({name: MeanMetric() for name in ("val", "test", "val_cache", "test_cache")})
+        self.hidden = None  # the state carried across batches of the current loop
+        self.cache: NeuralCache | None = None
+
+    # --- training -------------------------------------------------------------------------------------------
+
+    def on_train_epoch_start(self) -> None:
+        self.hidden = None
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        inputs, targets = batch
+        out = self.net(inputs, self.hidden)
+        self.hidden = detach_state(out.hidden)
+        loss = F.cross_entropy(self.net.decoder(out.output).flatten(0, 1), targets.flatten())
+        ar = self.alpha * out.output.pow(2).mean()
+        tar = self.beta * (out.raw_output[:, 1:] - out.raw_output[:, :-1]).pow(2).mean()
+        self._scale_lr(inputs.shape[1])
+        self.log("train/loss", loss, prog_bar=True)
+        return loss + ar + tar
+
+    def _scale_lr(self, seq_len: int) -> None:
+        """This batch's lr = the scheduled lr × seq_len / bptt (AWD-LSTM); the next scheduler step resets it."""
+        scheduler = self.lr_schedulers()
+        if scheduler is None:
+            return
+        optimizer = scheduler.optimizer
+        for group, scheduled in zip(optimizer.param_groups, scheduler.get_last_lr()):
+            group["lr"] = scheduled * seq_len / self.bptt
+
+    # --- evaluation -----------------------------------------------------------------------------------------
+
+    def _start_eval(self, with_cache: bool) -> None:
+        self.hidden = None
+        self.cache = NeuralCache(**self.cache_settings) if with_cache else None
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval(self.cache_enabled and self.cache_in_validation)
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval(self.cache_enabled)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_perplexities("val")
+        self.hidden = None  # training resumes with its own fresh state
+
+    def on_test_epoch_end(self) -> None:
+        self._log_perplexities("test")
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> None:
+        inputs, targets = batch
+        out = self.net(inputs, self.hidden)
+        self.hidden = detach_state(out.hidden)
+        log_probs = F.log_softmax(self.net.decoder(out.output).float(), dim=-1)
+        target_log_probs = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [B, T]
+        self.losses[split].update(-target_log_probs.mean(), weight=targets.numel())
+        if self.cache is not None:
+            if inputs.shape[0] != 1:
+                raise ValueError(f"the neural cache reads one stream: set data.eval_batch_size 1 (it is "
+                                 f"{inputs.shape[0]}) or model.init_args.cache false.")
+            mixed = self.cache.log_probs(target_log_probs[0], out.raw_output[0].float(), targets[0])
+            self.losses[f"{split}_cache"].update(-mixed.mean(), weight=targets.numel())
+
+    def _log_perplexities(self, split: str) -> None:
+        loss = self.losses[split].compute()
+        self.log(f"{split}/loss", loss, sync_dist=False)
+        self.log(f"{split}/ppl", torch.exp(loss), prog_bar=split == "val", sync_dist=False)
+        self.losses[split].reset()
+        if self.cache is not None:
+            cache_loss = self.losses[f"{split}_cache"].compute()
+            self.log(f"{split}/ppl_cache", torch.exp(cache_loss), sync_dist=False)
+            self.losses[f"{split}_cache"].reset()
+        self.cache = None
+
+    # --- optimisation ---------------------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.net.parameters())
+        scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
