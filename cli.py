@@ -77,7 +77,7 @@ class SuperconvergenceCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config)
         root = config.trainer.default_root_dir or os.getcwd()
-        if self.subcommand == "fit" and config.get("ckpt_path") == "last":
+        if config.get("ckpt_path") == "last":
             config.ckpt_path = newest_last_checkpoint(root)
         # Let the flags win over callbacks in the YAML that would otherwise refuse to start.
         unwanted = []
