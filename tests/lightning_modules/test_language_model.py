@@ -106,3 +106,10 @@ def test_cli_links_vocabulary_and_bptt(corpus, tmp_path):
                     "--trainer.default_root_dir", str(tmp_path)], run=False)
     assert run.model.net.encoder.num_embeddings == run.datamodule.vocab_size == len(run.datamodule.vocab)
     assert run.model.bptt == 33
+
+
+def test_cache_in_validation_logs_val_ppl_cache(corpus):
+    dm = data(corpus)
+    lm = model(dm.vocab_size, cache_window=15, cache_in_validation=True)
+    metrics = trainer().validate(lm, dm, verbose=False)[0]
+    assert {"val/ppl", "val/ppl_cache"} <= set(metrics) and metrics["val/ppl_cache"] != metrics["val/ppl"]
