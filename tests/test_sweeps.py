@@ -1,0 +1,47 @@
+"""Every parameter combination a W&B sweep file can produce parses in the CLI (`wandb agent` would run it)."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import yaml
+
+import cli
+from tests.conftest import REPO, TINY_WRN_ARGS
+
+SWEEPS = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
+
+
+def wandb_args(name: str, value) -> str:
+    """How `wandb agent` renders `${args}`: --name=value with Python's str()."""
+    return f"--{name}={value}"
+
+
+def combinations(sweep: dict) -> list[list[str]]:
+    names = list(sweep["parameters"])
+    grids = [sweep["parameters"][n]["values"] for n in names]
+    return [[wandb_args(n, v) for n, v in zip(names, combo)] for combo in itertools.product(*grids)]
+
+
+def command_args(sweep: dict) -> list[str]:
+    """The fixed part of the sweep's command after `cli.py fit` (without ${env}, python, ${program}, ${args})."""
+    command = [c for c in sweep["command"] if not c.startswith("${") and c != "python"]
+    assert command[0] == "fit", "sweeps run `cli.py fit`"
+    return command[1:]
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.name for p in SWEEPS])
+def test_every_combination_parses(path, cifar_dir, tmp_path):
+    sweep = yaml.safe_load(path.read_text())
+    assert sweep["program"] == "cli.py" and sweep["method"] == "grid"
+    combos = combinations(sweep)
+    assert len(combos) == 36
+    for args in combos:
+        run = cli.main([*command_args(sweep), *args, *TINY_WRN_ARGS, "--data.data_dir", str(cifar_dir),
+                        "--data.download", "false", "--trainer.default_root_dir", str(tmp_path)], run=False)
+        optimizer = run.model.optimizer_factory([__import__("torch").nn.Parameter(__import__("torch").zeros(1))])
+        settings = dict(a[2:].split("=", 1) for a in args)
+        assert type(optimizer).__name__ == settings["model.init_args.optimizer.class_path"].rsplit(".", 1)[1]
+        assert optimizer.defaults["amsgrad"] == (settings["model.init_args.optimizer.init_args.amsgrad"] == "True")
+        assert optimizer.defaults["weight_decay"] == float(settings["model.init_args.optimizer.init_args.weight_decay"])
+        assert run.trainer.loggers[1]._offline is False  # the sweep logs online
