@@ -49,11 +49,11 @@ def test_requeued_job_resumes_from_last_or_lets_lightning_take_its_hpc_checkpoin
 
 def test_array_task_appends_its_line_of_the_study_file(tmp_path):
     study = tmp_path / "args.txt"
-    study.write_text("--seed_everything 0\n--seed_everything 1 --trainer.max_epochs 18\n")
+    study.write_text("runs/s/seed=0 --seed_everything 0\nruns/s/seed=1 --seed_everything 1 --trainer.max_epochs 18\n")
     argv = run_template(tmp_path, "configs/cifar.yaml", "--study", str(study), SLURM_ARRAY_TASK_ID="1",
                         SLURM_ARRAY_JOB_ID="77")
     assert argv[-4:] == ["--seed_everything", "1", "--trainer.max_epochs", "18"]
-    assert argv[argv.index("--trainer.default_root_dir") + 1] == "runs/slurm/demo-77_1"
+    assert argv[argv.index("--trainer.default_root_dir") + 1] == "runs/s/seed=1"  # the study's run directory
 
 
 def test_the_cli_loads_the_template_command_line(tmp_path, cifar_dir):

@@ -1,0 +1,155 @@
+"""Run a study — a base config and a grid of CLI arguments — and write its results table and plots.
+
+    python scripts/study.py configs/studies/cifar_cpu.yaml            # run what is missing, then report
+    python scripts/study.py configs/studies/cifar.yaml --slurm        # write a SLURM job-array file instead
+    python scripts/study.py configs/studies/cifar.yaml --report-only  # tables and plots from finished runs
+
+A study file:
+    name: cifar_cpu
+    configs: [configs/cifar.yaml, configs/cifar_cpu.yaml]   # composed in order
+    args: [--trainer.max_epochs, "8"]                         # fixed extra CLI arguments
+    grid:                                                     # axis → label → CLI arguments
+      optimizer: {adamw: [--config, configs/optim/adamw.yaml], adam_l2: [--config, configs/optim/adam_l2.yaml]}
+      seed: {"0": [--seed_everything, "0"], "1": [--seed_everything, "1"]}
+    average_over: seed                                        # the table's mean ± std runs over this axis
+    metrics: [test/acc, test/acc_tta]                         # the table's columns
+    curve: val/acc                                            # plotted per epoch
+
+Each combination runs `cli.py fit` in its own process under `runs/studies/<name>/<axis=label,...>/`; a run that
+finished (its `done.json` exists) is skipped, so an interrupted study resumes where it stopped. The report goes
+to `docs/results/<name>.md` with PNGs in `docs/results/<name>/`, written atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from scripts import study_report  # noqa: E402
+
+REQUIRED = ("name", "configs", "grid", "metrics")
+
+
+def load_study(path: Path) -> dict:
+    study = yaml.safe_load(path.read_text())
+    missing = [key for key in REQUIRED if key not in (study or {})]
+    if missing:
+        raise SystemExit(f"{path}: missing {', '.join(missing)}; see the format in scripts/study.py's docstring.")
+    study.setdefault("args", [])
+    study.setdefault("average_over", "seed")
+    study.setdefault("curve", None)
+    if study["average_over"] not in study["grid"]:
+        raise SystemExit(f"{path}: average_over '{study['average_over']}' is not an axis of the grid "
+                         f"({', '.join(study['grid'])}); name one of them.")
+    return study
+
+
+def combinations(study: dict, root: Path = REPO) -> list[dict]:
+    """Every grid point: its labels, its run directory and its CLI arguments."""
+    axes = list(study["grid"])
+    runs = []
+    for labels in itertools.product(*(list(study["grid"][a]) for a in axes)):
+        chosen = dict(zip(axes, (str(label) for label in labels)))
+        run_dir = root / "runs" / "studies" / study["name"] / ",".join(f"{a}={chosen[a]}" for a in axes)
+        args = [arg for config in study["configs"] for arg in ("--config", config)] + [str(a) for a in study["args"]]
+        for axis, label in zip(axes, labels):
+            args += [str(a) for a in study["grid"][axis][label]]
+        runs.append({"labels": chosen, "dir": run_dir, "args": args + ["--trainer.default_root_dir", str(run_dir)]})
+    return runs
+
+
+def is_done(run: dict) -> bool:
+    return (run["dir"] / "done.json").is_file()
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def run_locally(run: dict, python: str) -> None:
+    print(f"[study] running {run['dir']}", flush=True)
+    resume = ["--ckpt_path", "last"] if list(run["dir"].glob("**/last.ckpt")) else []
+    done = subprocess.run([python, "cli.py", "fit", *run["args"], *resume], cwd=REPO)
+    if done.returncode != 0:
+        raise SystemExit(f"[study] {run['dir']} failed (exit {done.returncode}); fix it and run the study again "
+                         "(finished runs are skipped, this one resumes from its last.ckpt).")
+    write_atomic(run["dir"] / "done.json", json.dumps({"args": run["args"]}))
+
+
+def write_slurm_array(study: dict, runs: list[dict], root: Path = REPO) -> Path:
+    """One line per pending run for `scripts/slurm/fit.sbatch --study`: its run directory, then its arguments."""
+    pending = [run for run in runs if not is_done(run)]
+    path = root / "runs" / "studies" / study["name"] / "slurm_array.txt"
+    # The template passes the first config itself; each line carries the rest (run dir first).
+    write_atomic(path, "".join(f"{run['dir']} {' '.join(run['args'][2:])}\n" for run in pending))
+    first = study["configs"][0]
+    print(f"[study] {len(pending)} runs: mkdir -p runs/slurm && sbatch --array 0-{len(pending) - 1} "
+          f"scripts/slurm/fit.sbatch {first} --study {path}")
+    return path
+
+
+def report(study: dict, runs: list[dict], root: Path = REPO) -> Path:
+    """docs/results/<name>.md: the table (mean ± std over `average_over`) and the plots."""
+    results = []
+    for run in runs:
+        rows = study_report.read_metrics(run["dir"])
+        if rows:
+            results.append({"labels": run["labels"], "rows": rows,
+                            "final": {m: study_report.final(rows, m) for m in study["metrics"]},
+                            "curve": study_report.per_epoch(rows, study["curve"]) if study["curve"] else []})
+    group_axes = [a for a in study["grid"] if a != study["average_over"]]
+    out_dir = root / "docs" / "results" / study["name"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Study: {study['name']}", "",
+             f"Generated by `python scripts/study.py` from {len(results)} of {len(runs)} runs' local metric files; "
+             f"mean ± std over `{study['average_over']}`.", "",
+             f"Configs: {', '.join(f'`{c}`' for c in study['configs'])}; extra arguments: `{' '.join(map(str, study['args']))}`.",
+             "", study_report.table(results, group_axes, study["metrics"]), ""]
+    if results and study["curve"]:
+        study_report.plot_curves(results, group_axes, study["curve"], out_dir / "curves.png")
+        lines += [f"![{study['curve']} per epoch]({study['name']}/curves.png)", ""]
+    if results and study_report.plot_schedule(results[0]["rows"], out_dir / "schedule.png"):
+        lines += [f"![lr and beta1 per step of one run]({study['name']}/schedule.png)", ""]
+    path = root / "docs" / "results" / f"{study['name']}.md"
+    write_atomic(path, "\n".join(lines))
+    print(f"[study] wrote {path}")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("study", type=Path)
+    parser.add_argument("--slurm", action="store_true", help="write a SLURM job-array file instead of running")
+    parser.add_argument("--report-only", action="store_true", help="only write the table and plots")
+    parser.add_argument("--python", default=sys.executable, help="interpreter that runs cli.py")
+    parser.add_argument("--root", type=Path, default=REPO, help="where runs/studies/ and docs/results/ go")
+    options = parser.parse_args(argv)
+    study = load_study(options.study)
+    runs = combinations(study, options.root.resolve())
+    if options.slurm:
+        write_slurm_array(study, runs, options.root.resolve())
+        return
+    if not options.report_only:
+        for run in runs:
+            if is_done(run):
+                print(f"[study] done already: {run['dir']}")
+            else:
+                run_locally(run, options.python)
+    report(study, runs, options.root.resolve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""scripts/study.py: grid expansion, resumable local runs, SLURM array file, and the report's arithmetic."""
+from __future__ import annotations
+
+import statistics
+import subprocess
+
+import pytest
+import yaml
+
+from scripts import study as study_script
+from scripts import study_report
+from tests.conftest import REPO, TINY_WRN_ARGS
+
+
+def write_study(path, cifar_dir, **extra):
+    study = {"name": "tiny", "configs": ["configs/cifar.yaml"],
+             "args": [*TINY_WRN_ARGS, "--data.data_dir", str(cifar_dir), "--data.download", "false",
+                      "--data.batch_size", "16", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
+                      "--trainer.log_every_n_steps", "1"],
+             "grid": {"optimizer": {"adamw": ["--config", "configs/optim/adamw.yaml"],
+                                    "sgd": ["--config", "configs/optim/sgd.yaml"]},
+                      "seed": {"0": ["--seed_everything", "0"], "1": ["--seed_everything", "1"]}},
+             "metrics": ["test/acc", "test/acc_tta"], "curve": "val/acc", **extra}
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def test_grid_expands_to_one_run_per_combination(tmp_path, cifar_dir):
+    study = study_script.load_study(write_study(tmp_path / "s.yaml", cifar_dir))
+    runs = study_script.combinations(study, tmp_path)
+    assert [r["dir"].name for r in runs] == ["optimizer=adamw,seed=0", "optimizer=adamw,seed=1",
+                                             "optimizer=sgd,seed=0", "optimizer=sgd,seed=1"]
+    args = runs[3]["args"]
+    assert args[:2] == ["--config", "configs/cifar.yaml"] and args[-2:] == ["--trainer.default_root_dir", str(runs[3]["dir"])]
+    assert "configs/optim/sgd.yaml" in args and args[args.index("--seed_everything") + 1] == "1"
+
+
+def test_bad_study_files_are_named(tmp_path, cifar_dir):
+    (tmp_path / "empty.yaml").write_text("name: x\n")
+    with pytest.raises(SystemExit, match="missing configs, grid, metrics"):
+        study_script.load_study(tmp_path / "empty.yaml")
+    with pytest.raises(SystemExit, match="average_over 'lr' is not an axis"):
+        study_script.load_study(write_study(tmp_path / "s.yaml", cifar_dir, average_over="lr"))
+
+
+def test_slurm_array_lists_pending_runs_for_the_template(tmp_path, cifar_dir):
+    study = study_script.load_study(write_study(tmp_path / "s.yaml", cifar_dir))
+    runs = study_script.combinations(study, tmp_path)
+    (runs[0]["dir"]).mkdir(parents=True)
+    (runs[0]["dir"] / "done.json").write_text("{}")
+    lines = study_script.write_slurm_array(study, runs, tmp_path).read_text().splitlines()
+    assert len(lines) == 3 and lines[0].split()[0] == str(runs[1]["dir"])
+    assert "--config configs/cifar.yaml" not in lines[0]  # the template passes the first config itself
+
+
+def test_report_table_is_mean_and_std_over_seeds(tmp_path):
+    runs = []
+    for optimizer, accuracies in (("adamw", [0.90, 0.92]), ("sgd", [0.80, 0.84])):
+        for seed, acc in enumerate(accuracies):
+            runs.append({"labels": {"optimizer": optimizer, "seed": str(seed)}, "final": {"test/acc": acc},
+                         "curve": [acc - 0.1, acc]})
+    text = study_report.table(runs, ["optimizer"], ["test/acc"])
+    assert f"| adamw | 91.00 ± {100 * statistics.stdev([0.90, 0.92]):.2f} (n=2) |" in text
+    assert "| sgd | 82.00 ± 2.83 (n=2) |" in text
+    study_report.plot_curves(runs, ["optimizer"], "val/acc", tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_study_runs_reports_and_resumes(tmp_path, cifar_dir, monkeypatch):
+    study_file = write_study(tmp_path / "s.yaml", cifar_dir)
+    study_script.main([str(study_file), "--root", str(tmp_path)])
+    report = (tmp_path / "docs" / "results" / "tiny.md").read_text()
+    assert "| adamw | " in report and "| sgd | " in report and report.count("(n=2)") == 4
+    assert (tmp_path / "docs" / "results" / "tiny" / "curves.png").is_file()
+    assert (tmp_path / "docs" / "results" / "tiny" / "schedule.png").is_file()
+
+    def no_more_training(*args, **kwargs):
+        raise AssertionError("a finished run was started again")
+
+    monkeypatch.setattr(subprocess, "run", no_more_training)
+    study_script.main([str(study_file), "--root", str(tmp_path)])  # everything is done: only the report again
+    assert not list(REPO.glob("runs/studies/tiny"))  # nothing written into the repository
