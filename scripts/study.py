@@ -63,6 +63,8 @@ def combinations(study: dict, root: Path = REPO) -> list[dict]:
         args = [arg for config in study["configs"] for arg in ("--config", config)] + [str(a) for a in study["args"]]
         for axis, label in zip(axes, labels):
             args += [str(a) for a in study["grid"][axis][label]]
+        # W&B groups the study's runs (the W&B logger is the last logger of every task config).
+        args += ["--trainer.logger.init_args.group", study["name"]]
         runs.append({"labels": chosen, "dir": run_dir, "args": args + ["--trainer.default_root_dir", str(run_dir)]})
     return runs
 

@@ -33,6 +33,7 @@ def test_grid_expands_to_one_run_per_combination(tmp_path, cifar_dir):
     args = runs[3]["args"]
     assert args[:2] == ["--config", "configs/cifar.yaml"] and args[-2:] == ["--trainer.default_root_dir", str(runs[3]["dir"])]
     assert "configs/optim/sgd.yaml" in args and args[args.index("--seed_everything") + 1] == "1"
+    assert args[args.index("--trainer.logger.init_args.group") + 1] == "tiny"  # W&B groups runs by study
 
 
 def test_bad_study_files_are_named(tmp_path, cifar_dir):
@@ -81,3 +82,13 @@ def test_study_runs_reports_and_resumes(tmp_path, cifar_dir, monkeypatch):
     monkeypatch.setattr(subprocess, "run", no_more_training)
     study_script.main([str(study_file), "--root", str(tmp_path)])  # everything is done: only the report again
     assert not list(REPO.glob("runs/studies/tiny"))  # nothing written into the repository
+
+
+def test_a_study_run_parses_and_is_grouped_on_wandb(tmp_path, cifar_dir):
+    import cli
+
+    study = study_script.load_study(write_study(tmp_path / "s.yaml", cifar_dir))
+    run = cli.main(study_script.combinations(study, tmp_path)[2]["args"], run=False)
+    csv_logger, wandb_logger = run.trainer.loggers
+    assert wandb_logger._wandb_init["group"] == "tiny" and type(csv_logger).__name__ == "CSVLogger"
+    assert type(run.model.optimizer_factory([__import__("torch").nn.Parameter(__import__("torch").zeros(1))])).__name__ == "SGD"
