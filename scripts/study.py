@@ -14,6 +14,7 @@ A study file:
     average_over: seed                                        # the table's mean ± std runs over this axis
     metrics: [test/acc, test/acc_tta]                         # the table's columns
     curve: val/acc                                            # plotted per epoch
+    notes: "..."                                              # optional: what the numbers say, put under the table
 
 Each combination runs `cli.py fit` in its own process under `runs/studies/<name>/<axis=label,...>/`; a run that
 finished (its `done.json` exists) is skipped, so an interrupted study resumes where it stopped. The report goes
@@ -120,6 +121,8 @@ def report(study: dict, runs: list[dict], root: Path = REPO) -> Path:
              f"mean ± std over `{study['average_over']}`.", "",
              f"Configs: {', '.join(f'`{c}`' for c in study['configs'])}; extra arguments: `{' '.join(map(str, study['args']))}`.",
              "", study_report.table(results, group_axes, study["metrics"]), ""]
+    if study.get("notes"):  # a person's reading of the numbers, kept in the study file
+        lines += [str(study["notes"]).strip(), ""]
     if results and study["curve"]:
         study_report.plot_curves(results, group_axes, study["curve"], out_dir / "curves.png")
         lines += [f"![{study['curve']} per epoch]({study['name']}/curves.png)", ""]
