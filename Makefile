@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # On project machines the real CIFAR-10 images ship as JPEGs in ../shared/data; elsewhere data is downloaded.
 SHARED_CIFAR := ../shared/data/cifar10-jpg.tar.gz
 
-.PHONY: fit test demo bench install data clean
+.PHONY: fit test demo bench bench-gpu install data clean
 
 # The stamp is rebuilt when pyproject.toml changes, so `make` re-installs only when dependencies change.
 $(VENV)/.installed: pyproject.toml
@@ -38,6 +38,10 @@ test: install
 
 bench: install
 	$(PY) benchmarks/run_all.py
+
+# The seed's 30-epoch and 18-epoch + TTA CIFAR runs on one GPU, time to 94% → docs/results/gpu_bench.md.
+bench-gpu: install data
+	PY=$(PY) bash scripts/bench_gpu.sh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
