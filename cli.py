@@ -5,6 +5,7 @@ What it adds to LightningCLI, and why:
 - the datamodule's `num_classes` is linked into the net, so no YAML repeats it;
 - loggers without their own `save_dir` write under `--trainer.default_root_dir`, like checkpoints;
 - W&B runs are tagged with the optimizer and its weight-decay mode (adamw/adam/sgd, amsgrad, decoupled-wd/l2-wd);
+- a W&B logger asked to log online falls back to offline, with a warning, when online logging cannot start;
 - the resolved config is saved next to the checkpoints and logged to every logger (W&B shows it in full);
 - `fit` ends with a test of the final weights (the seed's reported number), unless `--test_after_fit false`;
 - mixed precision defaults to bf16 on a GPU that supports it and to fp32 elsewhere, so one config runs on both;
@@ -14,12 +15,14 @@ What it adds to LightningCLI, and why:
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
 from jsonargparse import Namespace
 from pytorch_lightning import LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 
 def optimizer_tags(optimizer: Namespace | None) -> list[str]:
@@ -47,6 +50,27 @@ def newest_last_checkpoint(root: str | os.PathLike) -> str:
         raise FileNotFoundError(f"--ckpt_path last: no last.ckpt under trainer.default_root_dir={root}; "
                                 "pass the checkpoint's path, or drop --ckpt_path to start a new run.")
     return str(candidates[-1])
+
+
+def wandb_offline_reason(init_args: Namespace) -> str | None:
+    """Why this WandbLogger, set to log online, cannot (no API key, no network, host unreachable, key refused).
+
+    Asked before the logger is built, on rank 0 only (the others never start a run), because `wandb.init` itself
+    only gives up after retrying for its `init_timeout` (90 s), and then fails inside `trainer.fit`;
+    `wandb.login(verify=True)` asks the server once and fails within `WANDB_HTTP_TIMEOUT` (10 s). It never prompts
+    and writes no key.
+    """
+    offline_mode = os.environ.get("WANDB_MODE", "online") in ("offline", "dryrun", "disabled")
+    if init_args.get("offline") or offline_mode or rank_zero_only.rank != 0:
+        return None
+    import wandb  # here, not at the top: only online runs pay for it
+
+    if wandb.run is not None:
+        return None  # a run already exists in this process: the logger attaches to it
+    try:
+        return None if wandb.login(verify=True, prompt=False) else "no API key: set WANDB_API_KEY or run `wandb login`"
+    except wandb.errors.Error as error:  # AuthenticationError (key refused, host unreachable), UsageError
+        return str(error).splitlines()[0]
 
 
 class LoggedSaveConfigCallback(SaveConfigCallback):
@@ -98,6 +122,11 @@ class SuperconvergenceCLI(LightningCLI):
                 init_args["save_dir"] = root
             if logger.class_path.endswith("WandbLogger"):
                 init_args["tags"] = list(dict.fromkeys([*(init_args.get("tags") or []), *tags]))
+                if reason := wandb_offline_reason(init_args):
+                    warnings.warn(f"trainer.logger WandbLogger: online logging cannot start ({reason}); this run logs "
+                                  f"offline under {init_args['save_dir']}/wandb instead, upload it later with "
+                                  "`wandb sync <that folder>/offline-run-*`.", stacklevel=2)
+                    init_args["offline"], init_args["mode"] = True, "offline"  # mode: wandb.login has read the env
 
 
 def main(args: list[str] | None = None, run: bool = True) -> SuperconvergenceCLI:

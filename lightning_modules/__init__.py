@@ -1,6 +1,8 @@
-"""LightningModules (and the callback they share); the plain networks they train live in `lightning_modules.nets`."""
+"""LightningModules (and the callbacks they share); the plain networks they train live in `lightning_modules.nets`."""
 from lightning_modules.elapsed_time import ElapsedTime
 from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.language_model import LanguageModel
+from lightning_modules.nan_guard import NaNGuard
+from lightning_modules.preemption import PreemptionCheckpoint
 
-__all__ = ["ElapsedTime", "ImageClassifier", "LanguageModel"]
+__all__ = ["ElapsedTime", "ImageClassifier", "LanguageModel", "NaNGuard", "PreemptionCheckpoint"]

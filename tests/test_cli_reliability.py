@@ -1,0 +1,98 @@
+"""cli.py under trouble: W&B unreachable → offline with a warning; SIGTERM → last.ckpt, exit 143, resume goes on."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import cli
+from tests.conftest import REPO, TINY_WRN_ARGS
+from tests.lightning_modules.test_preemption import StepsTaken
+from tests.wandb_records import logged_metrics
+
+
+def tiny_cifar_args(cifar_dir: Path, root: Path) -> list[str]:
+    return ["--config", "configs/cifar.yaml", *TINY_WRN_ARGS, "--data.data_dir", str(cifar_dir),
+            "--data.download", "false", "--data.batch_size", "8", "--trainer.default_root_dir", str(root),
+            "--trainer.enable_progress_bar", "false"]
+
+
+def test_wandb_falls_back_to_offline_when_its_host_is_unreachable(cifar_dir, tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # conftest's offline default, lifted for this test only
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # the discard port: connection refused
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef" * 2 + "01234567")  # 40 characters, like a real key
+    monkeypatch.setenv("WANDB_HTTP_TIMEOUT", "3")  # cap the one verification request
+    wandb.teardown()  # wandb reads the environment once per process (its singleton): make it read this one
+    started = time.monotonic()
+    with pytest.warns(UserWarning, match=r"WandbLogger: online logging cannot start \(.*127\.0\.0\.1:9.*"
+                                         r"logs offline under .*/wandb instead"):
+        run = cli.main([*tiny_cifar_args(cifar_dir, tmp_path), "--config", "configs/trainer/smoke.yaml",
+                        "--trainer.logger.init_args.offline", "false"], run=False)
+    checked_in = time.monotonic() - started
+    wandb_logger = run.trainer.loggers[1]
+    try:
+        run.trainer.fit(run.model, run.datamodule)
+        assert run.trainer.global_step == 5  # trained normally
+    finally:
+        wandb.finish()
+        wandb.teardown()  # and forget it again, so later tests see their own WANDB_MODE
+    assert checked_in < 30, f"the W&B check took {checked_in:.0f} s"
+    assert type(wandb_logger).__name__ == "WandbLogger"
+    run_files = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(run_files) == 1
+    assert len(logged_metrics(run_files[0])["train/loss"]) == 5
+
+
+def test_wandb_check_is_skipped_when_offline_is_asked_for(monkeypatch):
+    from jsonargparse import Namespace
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    assert cli.wandb_offline_reason(Namespace(offline=True)) is None
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert cli.wandb_offline_reason(Namespace(offline=False)) is None
+
+
+def wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if process.poll() is not None:
+            raise AssertionError(f"cli.py exited early ({process.returncode}): {process.stderr.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} did not appear within {timeout_s} s")
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_last_ckpt_and_resume_continues(cifar_dir, tmp_path):
+    root = tmp_path / "run"
+    command = [sys.executable, "cli.py", "fit", *tiny_cifar_args(cifar_dir, root), "--trainer.max_epochs", "1000",
+               "--trainer.logger", "false"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        checkpoint = root / "checkpoints" / "last.ckpt"
+        wait_for(checkpoint, process)  # epoch 0 is done: training is under way
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 143, stderr[-3000:]  # 128 + SIGTERM: interrupted, not finished
+    assert "PreemptionCheckpoint: stopped by a signal at global step" in stderr
+    step = int(stderr.split("stopped by a signal at global step ")[1].split(";")[0])
+    saved = torch.load(checkpoint, weights_only=False)
+    assert saved["global_step"] == step >= 10  # at or after the end of epoch 0 (10 batches), saved on the signal
+    assert not list(checkpoint.parent.glob("*.partial"))
+
+    resumed = cli.main(["fit", *tiny_cifar_args(cifar_dir, root), "--trainer.logger", "false",
+                        "--trainer.max_steps", str(step + 2), "--test_after_fit", "false", "--ckpt_path", "last",
+                        "--trainer.callbacks+=tests.lightning_modules.test_preemption.StepsTaken"])
+    steps = next(cb for cb in resumed.trainer.callbacks if isinstance(cb, StepsTaken))
+    assert resumed.trainer.ckpt_path == str(checkpoint)
+    assert (steps.first, steps.count, resumed.trainer.global_step) == (step, 2, step + 2)  # continued from the signal
