@@ -7,7 +7,8 @@ shows the fixed per-step cost that a fast GPU step would expose, in milliseconds
 Sides, each one epoch over the same data from the same initial weights and seeds:
 - **lightning**: `Trainer(max_epochs=1).fit(ImageClassifier(net), datamodule)`, configured as `configs/cifar.yaml`
   configures every run — CSV logger, `LearningRateMonitor` every step (lr, beta1, weight decay),
-  `ModelCheckpoint` writing `last.ckpt` at the end, TQDM bar refreshed every 20 steps, `log_every_n_steps` 50, the
+  `ModelCheckpoint` writing `last.ckpt` at the end, `NaNGuard`, `PreemptionCheckpoint`, `ElapsedTime`, TQDM bar
+  refreshed every 20 steps, `log_every_n_steps` 50, the
   module's `train/loss` and torchmetrics `train/acc` — but no W&B (its offline writer is a separate process
   started once per run, not a per-step cost) and no validation. Timed from building the Trainer to `fit`'s
   return, so set-up and the checkpoint write count.
@@ -43,7 +44,7 @@ from torch import nn
 from benchmarks.cifar_pipeline import machine, synthetic_cifar
 from datamodules.batch_augment import normalize, random_crop_flip
 from datamodules.cifar10 import CIFAR10DataModule, TensorBatchDataset
-from lightning_modules import ImageClassifier
+from lightning_modules import ElapsedTime, ImageClassifier, NaNGuard, PreemptionCheckpoint
 from lightning_modules.nets import WideResNet
 from optim import OneCycleLR, param_groups
 
@@ -92,7 +93,7 @@ def lightning_epoch(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
         enable_model_summary=False,
         callbacks=[LearningRateMonitor(logging_interval="step", log_momentum=True, log_weight_decay=True),
                    ModelCheckpoint(filename="last", enable_version_counter=False),
-                   TQDMProgressBar(refresh_rate=20)])
+                   NaNGuard(), PreemptionCheckpoint(), ElapsedTime(), TQDMProgressBar(refresh_rate=20)])
     trainer.fit(model, datamodule=in_memory_cifar(images, labels))
     return model.net
 
@@ -179,7 +180,7 @@ def markdown(result: dict) -> str:
         "",
         "- **lightning**: `Trainer.fit` on `ImageClassifier` with what `configs/cifar.yaml` gives every run: CSV "
         "logger, `LearningRateMonitor` every step (lr, beta1, weight decay), `ModelCheckpoint` (`last.ckpt`), "
-        "TQDM bar (refresh 20), `train/loss` and torchmetrics `train/acc`; no W&B, no validation. Timed from "
+        "`NaNGuard`, `PreemptionCheckpoint`, `ElapsedTime`, TQDM bar (refresh 20), `train/loss` and torchmetrics `train/acc`; no W&B, no validation. Timed from "
         "building the Trainer to `fit`'s return.",
         "- **plain**: a hand-written loop over the same DataLoader and on-device augmentation; no logging.",
         "",
