@@ -24,6 +24,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_modules.compile import compile_net
 from lightning_modules.hparams import save_hyperparameters_for_reload
 from optim import FinetuneStage, OneCycleLR, apply_lr_multipliers, as_stages, param_groups, set_trainable, stage_at_epoch
 
@@ -48,6 +49,8 @@ class ImageClassifier(pl.LightningModule):
         tta_seed: seed of the TTA views, so `test/acc_tta` is reproducible.
         decay_norm_and_bias: False excludes norm weights and biases from weight decay (the seed decays all).
         channels_last: use channels-last memory format on GPU (faster convolutions with tensor cores).
+        compile: `torch.compile` the net in place with inductor (`lightning_modules/compile.py`): the same
+            outputs and state_dict keys, a checkpoint loads either way; the first steps pay the compilation.
         stages: fine-tuning stages (see `optim.FinetuneStage`), each its own optimizer and 1cycle over its own
             epochs; they add up to `trainer.max_epochs` (fewer stops early), and the net needs `layer_groups()`. Each stage's
             `lr` replaces the optimizer's. null: one stage, everything trainable, the optimizer's lr.
@@ -63,6 +66,7 @@ class ImageClassifier(pl.LightningModule):
         decay_norm_and_bias: bool = True,
         channels_last: bool = True,
         stages: list[FinetuneStage] | None = None,
+        compile: bool = False,
     ):
         super().__init__()
         save_hyperparameters_for_reload(self)
@@ -70,6 +74,7 @@ class ImageClassifier(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.tta, self.tta_seed = tta, tta_seed
         self.decay_norm_and_bias, self.channels_last = decay_norm_and_bias, channels_last
+        self.compile_net = compile  # not `self.compile`: that is nn.Module's method
         self.stages = as_stages(stages)
         self.active_stage = 0  # index into `stages` whose optimizer currently exists (saved in checkpoints)
         if self.stages is not None and not callable(getattr(net, "layer_groups", None)):
@@ -93,6 +98,8 @@ class ImageClassifier(pl.LightningModule):
         # strategy where the model is going rather than where it is.
         if self.channels_last and self.trainer.strategy.root_device.type == "cuda":
             self.net.to(memory_format=torch.channels_last)
+        if self.compile_net:  # after channels_last; lazy, so it compiles on the device of the first batch
+            compile_net(self.net)
         if stage == "fit" and self.stages is not None:
             self._apply_stage()  # before DDP wraps the model: DDP only syncs parameters that require grad then
             # Frozen BatchNorm layers are in eval mode on purpose; Lightning would warn about them at fit start.
@@ -107,10 +114,16 @@ class ImageClassifier(pl.LightningModule):
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
-        self.train_acc(logits, labels)
+        # `update`, not `self.train_acc(...)` + `self.log(metric)` per step: the call also computes a per-batch
+        # value nobody reads, and logging the Metric object moves it to the device on every step (together about
+        # 1.5 ms per step; benchmarks/lightning_overhead.py). The epoch's value is logged once, below.
+        self.train_acc.update(logits.detach(), labels)
         self.log("train/loss", loss, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("train/acc", self.train_acc.compute())  # compute() syncs the state across DDP ranks
+        self.train_acc.reset()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch

@@ -19,6 +19,7 @@ from pytorch_lightning.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics.aggregation import MeanMetric
 
+from lightning_modules.compile import compile_net
 from lightning_modules.hparams import save_hyperparameters_for_reload
 from lightning_modules.nets.awd_lstm import detach_state
 from lightning_modules.neural_cache import NeuralCache
@@ -43,6 +44,9 @@ class LanguageModel(pl.LightningModule):
         cache_window, cache_theta, cache_lambda: the cache's size, flatness and mixing weight (the seed's
             WikiText-2 values: 3785, 0.662, 0.1279).
         cache_in_validation: also log `val/ppl_cache` every validation (slower).
+        compile: `torch.compile` the net in place (`lightning_modules/compile.py`), with shapes dynamic from the
+            start since every batch has its own length; the same outputs and state_dict keys. On CPU expect
+            little from it: the LSTM and QRNN recurrences stay eager.
     """
 
     def __init__(
@@ -58,6 +62,7 @@ class LanguageModel(pl.LightningModule):
         cache_theta: float = 0.662,
         cache_lambda: float = 0.1279,
         cache_in_validation: bool = False,
+        compile: bool = False,
     ):
         super().__init__()
         save_hyperparameters_for_reload(self)
@@ -70,10 +75,15 @@ class LanguageModel(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.alpha, self.beta, self.bptt = alpha, beta, bptt
         self.cache_enabled, self.cache_in_validation = cache, cache_in_validation
+        self.compile_net = compile  # not `self.compile`: that is nn.Module's method
         self.cache_settings = dict(window=cache_window, theta=cache_theta, lambdah=cache_lambda)
         self.losses = nn.ModuleDict({name: MeanMetric() for name in ("val", "test", "val_cache", "test_cache")})
         self.hidden = None  # the state carried across batches of the current loop
         self.cache: NeuralCache | None = None
+
+    def setup(self, stage: str) -> None:
+        if self.compile_net:
+            compile_net(self.net, dynamic=True)
 
     # --- training -------------------------------------------------------------------------------------------
 

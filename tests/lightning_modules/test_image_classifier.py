@@ -136,3 +136,30 @@ def test_channels_last_is_applied_when_the_model_is_headed_for_a_gpu():
     cpu_model._trainer = FakeTrainer()
     cpu_model.setup("fit")
     assert cpu_model.net.features[0].weight.is_contiguous()
+
+
+class CountLoggedAccuracy(Callback):
+    def __init__(self):
+        self.values: list[float] = []
+
+    # Callbacks' on_train_epoch_end runs before the module's, which logs the value: read it afterwards.
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch > 0:
+            self.values.append(float(trainer.callback_metrics["train/acc"]))
+
+    def on_train_end(self, trainer, pl_module):
+        self.values.append(float(trainer.callback_metrics["train/acc"]))
+
+
+def test_train_accuracy_is_logged_once_per_epoch_over_the_whole_epoch(cifar_dir):
+    """A net that always answers class 0, never updated: train/acc must be the share of class 0 in the epoch."""
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    torch.nn.init.zeros_(net[1].weight)
+    with torch.no_grad():
+        net[1].bias.copy_(torch.arange(10, 0, -1).float())  # class 0 always wins
+    model = ImageClassifier(net, optimizer=lambda p: torch.optim.SGD(p, lr=0.0), tta=0)
+    data = CIFAR10DataModule(str(cifar_dir), batch_size=16)
+    recorder = CountLoggedAccuracy()
+    quiet_trainer(max_epochs=2, limit_val_batches=0, callbacks=[recorder]).fit(model, data)
+    share_of_class_0 = (data.train_set.labels == 0).float().mean().item()
+    assert recorder.values == pytest.approx([share_of_class_0] * 2)
