@@ -74,6 +74,7 @@ def _seconds(fn) -> float:
 def run(batch: int = 128, size: int = 32, warmup: int = 2, repeats: int = 4, steps: int = 2,
         wrn: dict | None = None) -> dict:
     """Build every side, warm each up (compiling where asked), then time `repeats` rotating rounds of `steps` steps."""
+    where = machine(torch.device("cpu"))  # before compiling: its worker processes raise the load average
     torch._dynamo.reset()  # nothing compiled earlier in this process counts against dynamo's recompile budget
     torch.manual_seed(0)
     wrn = {**WRN_CPU, **(wrn or {})}
@@ -102,7 +103,7 @@ def run(batch: int = 128, size: int = 32, warmup: int = 2, repeats: int = 4, ste
     ms = {name: 1e3 * statistics.median(secs) for name, secs in seconds.items()}
     return {
         "batch": batch, "size": size, "warmup": warmup, "repeats": repeats, "steps": steps, "wrn": wrn,
-        "dtype": "float32", "machine": machine(torch.device("cpu")),
+        "dtype": "float32", "machine": where,
         "seconds": seconds, "ms": ms,
         "speedups": speedups, "speedup": {name: statistics.median(s) for name, s in speedups.items()},
         "first_step_s": first_step_s,
