@@ -9,8 +9,8 @@ compilation itself is lazy: it happens on the first call, on whatever device the
 What ends up compiled, per net (measured with torch 2.14; see `tests/lightning_modules/test_compile.py`):
 - WideResNet, ResNetWithHead: the whole forward, one graph per mode (train/eval) and input shape; inductor
   fuses BatchNorm, ReLU and the residual arithmetic around the convolutions.
-- QRNNLanguageNet: the Linear and the gates of every layer. `fo_pool` is kept out of the graph (see
-  `_keep_fo_pool_eager`). The graph break sits inside the loop over layers, so dynamo runs the net's own
+- QRNNLanguageNet: the Linear and the gates of every layer. `fo_pool` is kept out of the graph (it is
+  decorated with `torch.compiler.disable` in `nets/qrnn.py`, which says why). The graph break sits inside the loop over layers, so dynamo runs the net's own
   forward eagerly and compiles each layer's forward (and the dropout helpers) as graphs of their own.
 - AWDLSTM: dynamo does not trace `nn.LSTM` ("Dynamo does not support RNN, GRU, or LSTM"): the LSTMs run
   eagerly and only the dropout helpers are compiled, so expect no speed-up, only the same results.
@@ -37,21 +37,6 @@ from lightning_modules.nets import qrnn
 RECOMPILE_LIMIT = 16
 
 
-def _keep_fo_pool_eager() -> None:
-    """Make dynamo call the QRNN's `fo_pool` as an opaque eager function instead of tracing it.
-
-    Its sequential recurrence writes every step into a slice of the output with `out=`, which dynamo cannot
-    trace ("Attempted to call op with non-contiguous `out=` tensor"); and a traced loop over time would be
-    unrolled once per sequence length. Without this, the graph break inside `_FoPool` splits the QRNN into many
-    small graphs that recompile for every layer size. Eagerly, `fo_pool` already is one autograd Function with
-    a hand-written backward (`lightning_modules/nets/qrnn.py`), so nothing is lost by leaving it out.
-    `torch.compiler.disable` changes nothing when nothing is compiled, so the module attribute is replaced (once);
-    decorating `fo_pool` in qrnn.py itself would make this function unnecessary.
-    """
-    if not getattr(qrnn.fo_pool, "_torchdynamo_disable", False):
-        qrnn.fo_pool = torch.compiler.disable(qrnn.fo_pool, reason="fo_pool: out= writes in a loop over time")
-
-
 def compile_net(net: nn.Module, dynamic: bool | None = None) -> nn.Module:
     """Compile `net` in place with the default backend (inductor) and return it.
 
@@ -61,7 +46,6 @@ def compile_net(net: nn.Module, dynamic: bool | None = None) -> nn.Module:
     if net._compiled_call_impl is not None:
         return net
     if any(isinstance(m, qrnn.QRNNLayer) for m in net.modules()):
-        _keep_fo_pool_eager()
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     net.compile(dynamic=dynamic)
     return net

@@ -74,7 +74,7 @@ class ImageClassifier(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.tta, self.tta_seed = tta, tta_seed
         self.decay_norm_and_bias, self.channels_last = decay_norm_and_bias, channels_last
-        self.compile_net = compile  # not `self.compile`: that is nn.Module's method
+        self.compile_enabled = compile  # not `self.compile`: that is nn.Module's method
         self.stages = as_stages(stages)
         self.active_stage = 0  # index into `stages` whose optimizer currently exists (saved in checkpoints)
         if self.stages is not None and not callable(getattr(net, "layer_groups", None)):
@@ -98,7 +98,7 @@ class ImageClassifier(pl.LightningModule):
         # strategy where the model is going rather than where it is.
         if self.channels_last and self.trainer.strategy.root_device.type == "cuda":
             self.net.to(memory_format=torch.channels_last)
-        if self.compile_net:  # after channels_last; lazy, so it compiles on the device of the first batch
+        if self.compile_enabled:  # after channels_last; lazy, so it compiles on the device of the first batch
             compile_net(self.net)
         if stage == "fit" and self.stages is not None:
             self._apply_stage()  # before DDP wraps the model: DDP only syncs parameters that require grad then

@@ -75,14 +75,14 @@ class LanguageModel(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.alpha, self.beta, self.bptt = alpha, beta, bptt
         self.cache_enabled, self.cache_in_validation = cache, cache_in_validation
-        self.compile_net = compile  # not `self.compile`: that is nn.Module's method
+        self.compile_enabled = compile  # not `self.compile`: that is nn.Module's method
         self.cache_settings = dict(window=cache_window, theta=cache_theta, lambdah=cache_lambda)
         self.losses = nn.ModuleDict({name: MeanMetric() for name in ("val", "test", "val_cache", "test_cache")})
         self.hidden = None  # the state carried across batches of the current loop
         self.cache: NeuralCache | None = None
 
     def setup(self, stage: str) -> None:
-        if self.compile_net:
+        if self.compile_enabled:
             compile_net(self.net, dynamic=True)
 
     # --- training -------------------------------------------------------------------------------------------

@@ -125,6 +125,10 @@ class _FoPool(torch.autograd.Function):
         return grad_f, grad_z, grad_c0, None
 
 
+# Kept out of torch.compile graphs (`compile: true`): the sequential recurrence writes each step into a slice with
+# `out=`, which dynamo cannot trace, and a traced loop over time would be unrolled per sequence length. Eagerly it
+# already is one autograd Function with a hand-written backward, so compiling it would gain nothing.
+@torch.compiler.disable(reason="fo_pool: out= writes in a loop over time")
 def fo_pool(forget: Tensor, candidate: Tensor, c0: Tensor | None = None, *, method: str = "auto") -> Tensor:
     """QRNN fo-pooling: c_t = f_t * z_t + (1 - f_t) * c_{t-1}; returns every c_t.
 

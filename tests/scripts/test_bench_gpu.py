@@ -43,6 +43,6 @@ def test_runs_the_seeds_two_cifar_runs_with_the_fast_settings_then_reports(tmp_p
         run = cli.main([*argv[2:], *TINY_WRN_ARGS, "--trainer.accelerator", "cpu", "--data.data_dir", str(cifar_dir),
                         "--data.download", "false"], run=False)
         assert run.trainer.max_epochs == epochs and run.trainer.precision == "bf16-mixed"
-        assert run.model.compile_net and run.model.channels_last and run.model.tta == 4
+        assert run.model.compile_enabled and run.model.channels_last and run.model.tta == 4
         assert any(isinstance(c, ElapsedTime) for c in run.trainer.callbacks)
         assert run.trainer.default_root_dir == str(tmp_path / "runs" / ("wrn22_30ep" if epochs == 30 else "wrn22_18ep_tta"))
