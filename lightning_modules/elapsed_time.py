@@ -28,8 +28,11 @@ class ElapsedTime(pl.Callback):
             torch.cuda.synchronize(trainer.strategy.root_device)  # count queued GPU work, not just its launch
         return time.perf_counter()
 
+    def _total(self, now: float) -> float:
+        return self.elapsed_before + (now - self.started if self.started is not None else 0.0)
+
     def elapsed(self, trainer: pl.Trainer) -> float:
-        return self.elapsed_before + (self._now(trainer) - self.started if self.started is not None else 0.0)
+        return self._total(self._now(trainer))
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.started = self._now(trainer)
@@ -44,7 +47,7 @@ class ElapsedTime(pl.Callback):
         pl_module.log("time/epoch_s", now - (self.epoch_started or now), on_epoch=True, sync_dist=False)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"elapsed_s": self.elapsed_before + (time.perf_counter() - self.started if self.started else 0.0)}
+        return {"elapsed_s": self._total(time.perf_counter())}  # no trainer here to synchronise a GPU with
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.elapsed_before = float(state_dict.get("elapsed_s", 0.0))
