@@ -10,19 +10,29 @@ What it adds to LightningCLI, and why:
 - `fit` ends with a test of the final weights (the seed's reported number), unless `--test_after_fit false`;
 - mixed precision defaults to bf16 on a GPU that supports it and to fp32 elsewhere, so one config runs on both;
 - `--ckpt_path last` resumes from the newest `last.ckpt` under `--trainer.default_root_dir` (Lightning alone
-  looks only in the new run's own version folder, finds nothing and silently starts from scratch).
+  looks only in the new run's own version folder, finds nothing and silently starts from scratch);
+- bad input stops the run before anything is written, with one sentence naming the field or file and the fix
+  (`cli_checks.py`): typos and unknown classes, bad optimizer/1cycle values, a run length the 1cycle cannot
+  use, an unwritable run folder, an invalid W&B project, missing or broken data, a checkpoint that cannot be read
+  or belongs to another model. Checkpoints load with `weights_only=True` unless `--weights_only false`.
 """
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from jsonargparse import Namespace
+from jsonargparse._common import debug_mode_active
 from pytorch_lightning import LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+from cli_checks import checkpoint_problem, explain_config_error, run_config_problem
 
 
 def optimizer_tags(optimizer: Namespace | None) -> list[str]:
@@ -73,6 +83,34 @@ def wandb_offline_reason(init_args: Namespace) -> str | None:
         return str(error).splitlines()[0]
 
 
+class ExplainingArgumentParser(LightningArgumentParser):
+    """Reports a bad config as one sentence (field, problem, fix) and exits with status 2, nothing written.
+
+    `JSONARGPARSE_DEBUG=1` brings back jsonargparse's full report and the traceback.
+    """
+
+    def option_names(self) -> list[str]:
+        names = []
+        for action in self._actions:
+            names += action.option_strings
+            if isinstance(action, argparse._SubParsersAction):
+                names += [n for sub in action.choices.values() for n in ExplainingArgumentParser.option_names(sub)]
+        return names
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error or debug_mode_active():
+            super().error(message, ex)
+        stop(explain_config_error(message, self.option_names()))
+
+
+def stop(sentence: str, error: Exception | None = None) -> NoReturn:
+    """Ends the run on bad input: the sentence on stderr, exit status 2 (`JSONARGPARSE_DEBUG=1`: the traceback)."""
+    if error is not None and debug_mode_active():
+        raise error
+    sys.stderr.write(f"cli.py: error: {sentence}\n")
+    sys.exit(2)
+
+
 class LoggedSaveConfigCallback(SaveConfigCallback):
     """Saves config.yaml in the run's log dir (beside `checkpoints/`) and sends the whole config to the loggers."""
 
@@ -94,6 +132,43 @@ class SuperconvergenceCLI(LightningCLI):
             help="After `fit`, evaluate the final weights on the test split (test/acc, test/acc_tta).",
         )
 
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, OSError, RuntimeError) as error:  # the classes' own checks: data.batch_size <= 0, ...
+            stop(str(error), error)
+
+    def check_data_and_checkpoint(self, stage: str) -> None:
+        """Reads the data and the checkpoint once before `trainer.<stage>`, which creates the run's folders first.
+
+        Only local rank 0 prepares data (downloads), as Lightning does; the datamodules keep what they read, so
+        Lightning's own `setup` call costs little more (Stanford Cars re-reads its annotation files).
+        """
+        config = self.config[self.subcommand]
+        if self.datamodule is not None and self.trainer.local_rank == 0:
+            loaders = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ())
+            try:
+                self.datamodule.prepare_data()
+                self.datamodule.setup(stage)
+                for split in loaders:  # built, not iterated: their checks (batch size vs data size) run now
+                    getattr(self.datamodule, f"{split}_dataloader")()
+            except (ValueError, OSError, RuntimeError) as error:
+                stop(str(error), error)
+        ckpt_path = config.get("ckpt_path")
+        if ckpt_path and ckpt_path not in ("best", "hpc") and not str(ckpt_path).startswith("registry"):
+            weights_only = config.weights_only is not False
+            if problem := checkpoint_problem(ckpt_path, self.model, weights_only, self.datamodule):
+                stop(problem)
+
+    def before_fit(self) -> None:
+        self.check_data_and_checkpoint("fit")
+
+    def before_validate(self) -> None:
+        self.check_data_and_checkpoint("validate")
+
+    def before_test(self) -> None:
+        self.check_data_and_checkpoint("test")
+
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit") and not self.trainer.interrupted:
             self.trainer.test(self.model, datamodule=self.datamodule)
@@ -101,8 +176,12 @@ class SuperconvergenceCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config)
         root = config.trainer.default_root_dir or os.getcwd()
+        if problem := run_config_problem(config, self.subcommand, root):
+            stop(problem)
         if config.get("ckpt_path") == "last":
             config.ckpt_path = newest_last_checkpoint(root)
+        if config.get("weights_only") is None:
+            config.weights_only = True  # tensors and plain values only: a checkpoint cannot run code when loaded
         # Let the flags win over callbacks in the YAML that would otherwise refuse to start.
         unwanted = []
         if config.trainer.enable_progress_bar is False:
@@ -136,6 +215,7 @@ def main(args: list[str] | None = None, run: bool = True) -> SuperconvergenceCLI
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
+        parser_class=ExplainingArgumentParser,
         save_config_callback=LoggedSaveConfigCallback,
         save_config_kwargs={"overwrite": True},
         args=args,

@@ -75,6 +75,12 @@ def load_split(data_dir: str | Path, train: bool) -> tuple[np.ndarray, np.ndarra
     """Images (N,3,32,32) uint8 and labels (N,) int64 of the train or test split under `data_dir`."""
     root = Path(data_dir)
     folder = root / FOLDER
+    if not folder.is_dir() and (root / TRAIN_FILES[0]).is_file():
+        raise FileNotFoundError(f"data.data_dir {root} is the '{FOLDER}' folder itself: set data.data_dir to the "
+                                f"folder that contains it, {root.parent}.")
+    if not folder.is_dir() and (root / Path(URL).name).is_file():
+        raise FileNotFoundError(f"{root / Path(URL).name} is not extracted: set `data.download: true` (it checks the "
+                                f"MD5 and extracts it), or run `tar xzf {Path(URL).name}` in {root}.")
     if not folder.is_dir():
         raise FileNotFoundError(
             f"CIFAR-10 folder {folder} does not exist: set `data.data_dir` to the folder that contains "
