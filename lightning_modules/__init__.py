@@ -4,5 +4,6 @@ from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.language_model import LanguageModel
 from lightning_modules.nan_guard import NaNGuard
 from lightning_modules.preemption import PreemptionCheckpoint
+from lightning_modules.rng_state import RNGStateCheckpoint
 
-__all__ = ["ElapsedTime", "ImageClassifier", "LanguageModel", "NaNGuard", "PreemptionCheckpoint"]
+__all__ = ["ElapsedTime", "ImageClassifier", "LanguageModel", "NaNGuard", "PreemptionCheckpoint", "RNGStateCheckpoint"]
