@@ -7,7 +7,8 @@ shows the fixed per-step cost that a fast GPU step would expose, in milliseconds
 Sides, each one epoch over the same data from the same initial weights and seeds:
 - **lightning**: `Trainer(max_epochs=1).fit(ImageClassifier(net), datamodule)`, configured as `configs/cifar.yaml`
   configures every run — CSV logger, `LearningRateMonitor` every step (lr, beta1, weight decay),
-  `ModelCheckpoint` writing `last.ckpt` at the end, `NaNGuard`, `PreemptionCheckpoint`, `ElapsedTime`, TQDM bar
+  `ModelCheckpoint` writing `last.ckpt` at the end, `NaNGuard`, `PreemptionCheckpoint`, `RNGStateCheckpoint`,
+  `ElapsedTime`, TQDM bar
   refreshed every 20 steps, `log_every_n_steps` 50, the
   module's `train/loss` and torchmetrics `train/acc` — but no W&B (its offline writer is a separate process
   started once per run, not a per-step cost) and no validation. Timed from building the Trainer to `fit`'s
@@ -44,7 +45,7 @@ from torch import nn
 from benchmarks.cifar_pipeline import machine, synthetic_cifar
 from datamodules.batch_augment import normalize
 from datamodules.cifar10 import CIFAR10DataModule, TensorBatchDataset
-from lightning_modules import ElapsedTime, ImageClassifier, NaNGuard, PreemptionCheckpoint
+from lightning_modules import ElapsedTime, ImageClassifier, NaNGuard, PreemptionCheckpoint, RNGStateCheckpoint
 # The module's own defaults are configs/cifar.yaml's AdamW and 1cycle: the plain loop builds exactly those.
 from lightning_modules.image_classifier import _default_optimizer as make_optimizer
 from lightning_modules.image_classifier import _default_scheduler as make_scheduler
@@ -87,7 +88,8 @@ def lightning_epoch(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
         enable_model_summary=False,
         callbacks=[LearningRateMonitor(logging_interval="step", log_momentum=True, log_weight_decay=True),
                    ModelCheckpoint(filename="last", enable_version_counter=False),
-                   NaNGuard(), PreemptionCheckpoint(), ElapsedTime(), TQDMProgressBar(refresh_rate=20)])
+                   NaNGuard(), PreemptionCheckpoint(), RNGStateCheckpoint(), ElapsedTime(),
+                   TQDMProgressBar(refresh_rate=20)])
     trainer.fit(model, datamodule=in_memory_cifar(images, labels))
     return model.net
 
@@ -174,7 +176,7 @@ def markdown(result: dict) -> str:
         "",
         "- **lightning**: `Trainer.fit` on `ImageClassifier` with what `configs/cifar.yaml` gives every run: CSV "
         "logger, `LearningRateMonitor` every step (lr, beta1, weight decay), `ModelCheckpoint` (`last.ckpt`), "
-        "`NaNGuard`, `PreemptionCheckpoint`, `ElapsedTime`, TQDM bar (refresh 20), `train/loss` and torchmetrics `train/acc`; no W&B, no validation. Timed from "
+        "`NaNGuard`, `PreemptionCheckpoint`, `RNGStateCheckpoint`, `ElapsedTime`, TQDM bar (refresh 20), `train/loss` and torchmetrics `train/acc`; no W&B, no validation. Timed from "
         "building the Trainer to `fit`'s return.",
         "- **plain**: a hand-written loop over the same DataLoader and on-device augmentation; no logging.",
         "",
