@@ -32,7 +32,7 @@ from pytorch_lightning import LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from cli_checks import checkpoint_problem, explain_config_error, run_config_problem
+from cli_checks import explain_config_error, model_class_problem, read_checkpoint, run_config_problem, state_problem
 
 
 def optimizer_tags(optimizer: Namespace | None) -> list[str]:
@@ -132,11 +132,27 @@ class SuperconvergenceCLI(LightningCLI):
             help="After `fit`, evaluate the final weights on the test split (test/acc, test/acc_tta).",
         )
 
+    checkpoint: tuple[dict | None, str | None] | None = None  # ckpt_path as read by read_checkpoint, once
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning merges the checkpoint's hyperparameters into the config here, before any hook of ours: read
+        the checkpoint first, so an unreadable one, or one of another model, is refused in one sentence."""
+        config = self.config.get(self.config.get("subcommand") or "", None)
+        path = config.get("ckpt_path") if config else None
+        if path and Path(path).is_file():
+            self.checkpoint = read_checkpoint(path, weights_only=config.get("weights_only") is not False)
+            checkpoint, problem = self.checkpoint
+            if problem or (problem := model_class_problem(path, checkpoint, config.get("model"))):
+                stop(problem)
+            if config.get("weights_only") is False:
+                return  # Lightning would read the hyperparameters with weights_only=True; keep the config's own
+        super()._parse_ckpt_path()
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
         except (ValueError, OSError, RuntimeError) as error:  # the classes' own checks: data.batch_size <= 0, ...
-            stop(str(error), error)
+            stop(explain_config_error(str(error), []), error)
 
     def check_data_and_checkpoint(self, stage: str) -> None:
         """Reads the data and the checkpoint once before `trainer.<stage>`, which creates the run's folders first.
@@ -156,8 +172,10 @@ class SuperconvergenceCLI(LightningCLI):
                 stop(str(error), error)
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and ckpt_path not in ("best", "hpc") and not str(ckpt_path).startswith("registry"):
-            weights_only = config.weights_only is not False
-            if problem := checkpoint_problem(ckpt_path, self.model, weights_only, self.datamodule):
+            checkpoint, problem = self.checkpoint or read_checkpoint(ckpt_path, config.weights_only is not False)
+            if problem or (problem := model_class_problem(ckpt_path, checkpoint, config.get("model"))):
+                stop(problem)
+            if problem := state_problem(ckpt_path, checkpoint, self.model, self.datamodule):
                 stop(problem)
 
     def before_fit(self) -> None:
@@ -180,7 +198,7 @@ class SuperconvergenceCLI(LightningCLI):
             stop(problem)
         if config.get("ckpt_path") == "last":
             config.ckpt_path = newest_last_checkpoint(root)
-        if config.get("weights_only") is None:
+        if self.subcommand and config.get("weights_only") is None:
             config.weights_only = True  # tensors and plain values only: a checkpoint cannot run code when loaded
         # Let the flags win over callbacks in the YAML that would otherwise refuse to start.
         unwanted = []

@@ -57,10 +57,11 @@ def explain_config_error(message: str, option_names: Iterable[str]) -> str:
     option_names = list(option_names)
     if match := re.search(r"unrecognized arguments: (--?[^\s=]+)", message):
         return f"{match[1]} is not an option{_did_you_mean(match[1], option_names)} (`cli.py fit --help` lists them)."
-    if match := re.search(r"Group '([^']+)' does not accept option '([^']+)'", message):
-        group, key = match.groups()
-        siblings = [name[2:] for name in option_names if name.startswith(f"--{group}.")]
-        return f"{group}.{key} in the config is not an option{_did_you_mean(f'{group}.{key}', siblings)}"
+    if match := re.search(r"(Group|Subcommand) '([^']+)' does not accept option '([^']+)'", message):
+        kind, group, key = match.groups()
+        field = f"{group}.{key}" if kind == "Group" else key
+        siblings = [name[2:] for name in option_names if kind == "Subcommand" or name.startswith(f"--{group}.")]
+        return f"{field} in the config is not an option{_did_you_mean(field, siblings)}"
     keys: list[str] = []
     class_path = None
     for line in message.splitlines():
@@ -81,7 +82,20 @@ def explain_config_error(message: str, option_names: Iterable[str]) -> str:
         if match := re.search(r"No module named '([^']+)'", line):
             return (f"{field}.class_path {class_path} cannot be imported: there is no module named {match[1]}; "
                     "check the spelling, or install the package that provides it.")
-    return _wrong_type(message, keys) or message
+    return _reason_inside(message) or _wrong_type(message, keys) or message
+
+
+_REPORT_FRAME = ("Subtypes:", "Errors:", "Given value", "Parser key", "Problem with given class_path", "Does not validate",
+                 "Expected a ", "Type ", "Got value")
+
+
+def _reason_inside(message: str) -> str | None:
+    """The sentence a class raised while jsonargparse built it (e.g. a datamodule's "... is not UTF-8 text"),
+    which jsonargparse nests in its "Does not validate against any of the Union subtypes" report."""
+    if "Does not validate against any of the Union subtypes" not in message:
+        return None
+    lines = (line.strip().removeprefix("- ") for line in message.splitlines())
+    return next((line for line in lines if line and not line.startswith(_REPORT_FRAME)), None)
 
 
 def _wrong_type(message: str, keys: list[str]) -> str | None:
@@ -157,44 +171,65 @@ def run_config_problem(config: Any, subcommand: str, root: str | os.PathLike) ->
     return _first_writable_problem(Path(root).absolute())
 
 
-def checkpoint_problem(path: str | os.PathLike, model: torch.nn.Module, weights_only: bool,
-                       datamodule: Any = None) -> str | None:
-    """Whether `path` is a readable checkpoint of `model` (same tensor names and shapes) whose saved datamodule
-    state (e.g. the WikiText vocabulary) `datamodule` accepts, as one sentence; None when it is.
-
-    Read with `mmap=True`, so checking a large checkpoint costs no copy of its tensors.
-    """
+def read_checkpoint(path: str | os.PathLike, weights_only: bool) -> tuple[dict | None, str | None]:
+    """The checkpoint at `path` (tensors memory-mapped, so a large one costs no copy), or why it cannot be used."""
     if not Path(path).is_file():
-        return (f"ckpt_path {path} does not exist: pass the path of a .ckpt file, or `last` for the newest "
-                "last.ckpt under trainer.default_root_dir.")
+        return None, (f"ckpt_path {path} does not exist: pass the path of a .ckpt file, or `last` for the newest "
+                      "last.ckpt under trainer.default_root_dir.")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
     except pickle.UnpicklingError as error:
         if str(error).startswith("Weights only load failed"):
             found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-            return (f"ckpt_path {path} holds Python objects other than tensors and plain values"
-                    f"{f' ({found[1]})' if found else ''}; load it only if you trust its source, with "
-                    "--weights_only false.")
-        return f"ckpt_path {path} cannot be read as a checkpoint ({error}): pass another, e.g. an earlier last.ckpt."
-    except (RuntimeError, OSError, EOFError, ValueError) as error:
-        return (f"ckpt_path {path} cannot be read as a checkpoint ({str(error).splitlines()[0]}): it is truncated "
-                "or not a .ckpt file; pass another, e.g. an earlier last.ckpt of the run.")
-    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        return f"ckpt_path {path} has no state_dict, so it is not a Lightning checkpoint: pass one written by cli.py."
+            return None, (f"ckpt_path {path} holds Python objects other than tensors and plain values"
+                          f"{f' ({found[1]})' if found else ''}; load it only if you trust its source, with "
+                          "--weights_only false.")
+        return None, f"ckpt_path {path} cannot be read as a checkpoint ({error}): it is not a .ckpt file; pass another."
+    except (RuntimeError, OSError, EOFError, ValueError, IndexError) as error:
+        return None, (f"ckpt_path {path} cannot be read as a checkpoint ({str(error).splitlines()[0][:120]}): it is "
+                      "truncated or not a .ckpt file; pass another, e.g. an earlier last.ckpt of the run.")
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        return None, f"ckpt_path {path} has no state_dict, so it is not a Lightning checkpoint: pass one written by cli.py."
+    return checkpoint, None
+
+
+def _class_name(class_path: Any) -> str:
+    return str(class_path).rsplit(".", 1)[-1]
+
+
+def model_class_problem(path: str | os.PathLike, checkpoint: dict, model_config: Any) -> str | None:
+    """A checkpoint saved by another model or net than the config builds (compared by class name).
+
+    Checked before LightningCLI merges the checkpoint's hyperparameters into the config, which would otherwise
+    swap in the other model and fail later in a way that names neither.
+    """
+    saved = checkpoint.get("hyper_parameters") or {}
+    wanted = _as_dict(model_config)
+    pairs = [("model", saved.get("_class_path"), wanted.get("class_path")),
+             ("net", _as_dict(saved.get("net")).get("class_path"),
+              _as_dict((wanted.get("init_args") or {}).get("net")).get("class_path"))]
+    for what, was, now in pairs:
+        if was and now and _class_name(was) != _class_name(now):
+            return (f"ckpt_path {path} was saved by a {what} {_class_name(was)}, but this config builds "
+                    f"{_class_name(now)}: pass a checkpoint of this model, or run with the config it was trained "
+                    "with (config.yaml beside its checkpoints/ folder).")
+    return None
+
+
+def state_problem(path: str | os.PathLike, checkpoint: dict, model: torch.nn.Module, datamodule: Any = None) -> str | None:
+    """Whether the checkpoint's tensors fit `model` (names and shapes) and `datamodule` accepts its saved state
+    (e.g. the WikiText vocabulary), as one sentence; None when they do."""
     expected = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-    found = {name: tuple(tensor.shape) for name, tensor in state.items()}
-    if expected == found:
-        data_state = checkpoint.get(type(datamodule).__qualname__) if datamodule is not None else None
-        if data_state is not None:
-            try:
-                datamodule.load_state_dict(data_state)  # Lightning loads it again: only a check here
-            except ValueError as error:
-                return f"ckpt_path {path}: {error}"
-        return None
-    differing = sorted(expected.keys() ^ found.keys()) or sorted(k for k in expected if expected[k] != found[k])
-    saved_net = _as_dict((checkpoint.get("hyper_parameters") or {}).get("net")).get("class_path")
-    saved_by = f", saved with net {saved_net}" if saved_net else ""
-    return (f"ckpt_path {path} does not fit this run's model ({len(differing)} tensors differ, e.g. "
-            f"{differing[0]}{saved_by}): pass a checkpoint of this model, or run with the config it was trained "
-            "with (config.yaml beside its checkpoints/ folder).")
+    found = {name: tuple(tensor.shape) for name, tensor in checkpoint["state_dict"].items()}
+    if expected != found:
+        differing = sorted(expected.keys() ^ found.keys()) or sorted(k for k in expected if expected[k] != found[k])
+        return (f"ckpt_path {path} does not fit this run's model ({len(differing)} tensors differ, e.g. "
+                f"{differing[0]}): pass a checkpoint of this model, or run with the config it was trained with "
+                "(config.yaml beside its checkpoints/ folder).")
+    data_state = checkpoint.get(type(datamodule).__qualname__) if datamodule is not None else None
+    if data_state is not None:
+        try:
+            datamodule.load_state_dict(data_state)  # Lightning loads it again: only a check here
+        except ValueError as error:
+            return f"ckpt_path {path}: {error}"
+    return None
