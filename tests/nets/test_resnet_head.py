@@ -64,3 +64,30 @@ def test_unknown_arch_is_a_clear_error():
 def test_unknown_weights_name_is_a_clear_error():
     with pytest.raises(ValueError, match=r"weights is 'IMAGENET9'; choose one of IMAGENET1K_V1"):
         ResNetWithHead(arch="resnet18", weights="IMAGENET9")
+
+
+def test_downloaded_weights_with_the_wrong_checksum_are_refused_and_not_cached(tmp_path, monkeypatch):
+    """torch.hub checks the SHA256 prefix in the file name (resnet18-f37072fd.pth); a stand-in server sends bytes
+    that fail it (tests never touch the network)."""
+    import email.message
+    import io
+
+    import torch.hub
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    served = []
+
+    class Response(io.BytesIO):
+        def info(self) -> email.message.Message:
+            return email.message.Message()
+
+    def serve(request, *args, **kwargs):
+        served.append(request.full_url)
+        return Response(b"not the resnet18 weights" * 100)
+
+    monkeypatch.setattr(torch.hub, "urlopen", serve)
+    with pytest.raises(RuntimeError, match=r"resnet18 IMAGENET1K_V1 weights .*\(invalid hash value \(expected "
+                                           r"\"f37072fd\""):
+        ResNetWithHead(arch="resnet18", weights="IMAGENET1K_V1")
+    assert served == ["https://download.pytorch.org/models/resnet18-f37072fd.pth"]
+    assert not any((tmp_path / "hub" / "checkpoints").iterdir())  # no cached file, no .partial left behind
