@@ -197,7 +197,10 @@ class SuperconvergenceCLI(LightningCLI):
         if problem := run_config_problem(config, self.subcommand, root):
             stop(problem)
         if config.get("ckpt_path") == "last":
-            config.ckpt_path = newest_last_checkpoint(root)
+            try:
+                config.ckpt_path = newest_last_checkpoint(root)
+            except FileNotFoundError as error:
+                stop(str(error), error)
         if self.subcommand and config.get("weights_only") is None:
             config.weights_only = True  # tensors and plain values only: a checkpoint cannot run code when loaded
         # Let the flags win over callbacks in the YAML that would otherwise refuse to start.

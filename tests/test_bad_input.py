@@ -238,3 +238,9 @@ def test_resuming_a_language_model_with_another_vocabulary(capsys, tmp_path):
     assert_refused(capsys, tmp_path / "run", r"^ckpt_path .*last.ckpt: the checkpoint's vocabulary \(\d+ words\) "
                    r"differs from the one built from .*wiki.train.tokens .*; resume with the train_file it was trained "
                    r"on", "--config", config, "--ckpt_path", str(path), config="configs/wikitext2_lstm.yaml")
+
+
+def test_resume_from_last_with_no_run_yet(capsys, tmp_path, data_args):
+    assert_refused(capsys, tmp_path / "run", r"^--ckpt_path last: no last.ckpt under trainer.default_root_dir=.*/run; "
+                   r"pass the checkpoint's path, or drop --ckpt_path to start a new run.", *data_args,
+                   "--ckpt_path", "last")
