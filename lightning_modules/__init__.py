@@ -1,4 +1,5 @@
 """LightningModules (and the callbacks they share); the plain networks they train live in `lightning_modules.nets`."""
+from lightning_modules.checkpoint_io import AtomicCheckpointIO
 from lightning_modules.elapsed_time import ElapsedTime
 from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.language_model import LanguageModel
@@ -6,4 +7,5 @@ from lightning_modules.nan_guard import NaNGuard
 from lightning_modules.preemption import PreemptionCheckpoint
 from lightning_modules.rng_state import RNGStateCheckpoint
 
-__all__ = ["ElapsedTime", "ImageClassifier", "LanguageModel", "NaNGuard", "PreemptionCheckpoint", "RNGStateCheckpoint"]
+__all__ = ["AtomicCheckpointIO", "ElapsedTime", "ImageClassifier", "LanguageModel", "NaNGuard", "PreemptionCheckpoint",
+           "RNGStateCheckpoint"]

@@ -25,6 +25,7 @@ import yaml
 from pytorch_lightning.callbacks import Callback
 
 import cli
+from lightning_modules import AtomicCheckpointIO
 from tests.conftest import REPO
 from tests.test_cli_reliability import tiny_cifar_args
 
@@ -102,6 +103,7 @@ def test_sigkill_mid_epoch_then_resume_last_follows_the_uninterrupted_schedule(u
 
     resumed = cli.main(run_args(cifar_dir, root, override, [*extra, "--ckpt_path", "last"])).trainer
     assert resumed.ckpt_path == str(checkpoints / "last.ckpt")
+    assert isinstance(resumed.strategy.checkpoint_io, AtomicCheckpointIO)  # the configs' plugin
     assert resumed.global_step == reference.global_step == EPOCHS * STEPS_PER_EPOCH
 
     expected = schedule(Path(reference.logger.log_dir) / "metrics.csv")

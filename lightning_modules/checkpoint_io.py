@@ -1,0 +1,75 @@
+"""AtomicCheckpointIO: write each checkpoint to a temporary file beside it, then rename it into place.
+
+Why not Lightning's own save: `TorchCheckpointIO` calls `lightning_fabric.utilities.cloud_io._atomic_save`, which
+serialises the whole checkpoint into memory, then writes it inside an fsspec transaction. For a local path
+fsspec's `LocalFileOpener` writes a `tempfile.mkstemp()` file — in $TMPDIR, not beside the checkpoint — and commits
+it with `shutil.move`. That is a rename, hence atomic, only while $TMPDIR and the checkpoint folder are on the same
+filesystem. On a cluster they rarely are (a node-local or tmpfs $TMPDIR, checkpoints on NFS/Lustre): the rename
+fails with EXDEV and `shutil.move` falls back to copying into the destination itself, so a kill, a full disk or a
+node failure during the copy leaves a truncated `last.ckpt` in place of the previous good one
+(tests/lightning_modules/test_checkpoint_io.py shows it). A checkpoint also has to fit in $TMPDIR, and a kill
+during the write leaves its temporary file there.
+
+Here, for local paths: the checkpoint is streamed by `torch.save` into `<name>.tmp` in the checkpoint's own folder
+(so no second copy in memory and no $TMPDIR), flushed and fsync'ed, then `os.replace`d onto `<name>` — one atomic
+rename on the same filesystem — and the folder is fsync'ed so the rename survives a power loss. A failed write
+removes its temporary file and leaves the previous checkpoint untouched. A SIGKILL during the write cannot clean
+up: it leaves `<name>.tmp` beside an intact `<name>`, and the next save of that name overwrites it. Remote paths
+(s3://, gs://, ...) go through Lightning's save: object stores publish an object whole or not at all.
+Every task config uses it (`trainer.plugins`); `trainer.save_checkpoint` from any callback goes through it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from fsspec.implementations.local import LocalFileSystem
+from lightning_fabric.utilities.cloud_io import get_filesystem
+from lightning_fabric.utilities.types import _PATH
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+TEMP_SUFFIX = ".tmp"
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # not supported here (e.g. Windows): the rename is still atomic, only its durability is the OS's
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass  # some filesystems refuse fsync on a folder; same as above
+    finally:
+        os.close(descriptor)
+
+
+def atomic_torch_save(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
+    """`torch.save` to `<path>.tmp` in the same folder, fsync, then rename onto `path`; on failure remove the temp."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(path.name + TEMP_SUFFIX)
+    try:
+        with open(temp, "wb") as file:
+            torch.save(checkpoint, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's `TorchCheckpointIO`, with local saves written beside the target and renamed into place."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        if not isinstance(get_filesystem(path), LocalFileSystem):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options for a local path; got {storage_options!r}.")
+        atomic_torch_save(checkpoint, path)
