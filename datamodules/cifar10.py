@@ -79,6 +79,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
             raise ValueError(f"data.val_split is {val_split}; use 0 (validate on test) or a positive image count.")
         if train_subset is not None and train_subset <= 0:
             raise ValueError(f"data.train_subset is {train_subset}; use a positive image count or null for all.")
+        data_dir = str(data_dir)  # saved as a str: a Path would make checkpoints fail to load with weights_only=True
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
         self.batch_size, self.val_split, self.num_workers = batch_size, val_split, num_workers

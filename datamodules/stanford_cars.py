@@ -95,6 +95,7 @@ class StanfordCarsDataModule(pl.LightningDataModule):
             raise ValueError(f"data.val_split is {val_split}; use 0 (validate on test) or a positive image count.")
         if max_zoom < 1:
             raise ValueError(f"data.max_zoom is {max_zoom}; use 1 (no zoom) or more (the seed: 1.05).")
+        data_dir = str(data_dir)  # saved as a str: a Path would make checkpoints fail to load with weights_only=True
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
         self.batch_size, self.val_split, self.num_workers = batch_size, val_split, num_workers

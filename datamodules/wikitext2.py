@@ -106,6 +106,7 @@ class WikiText2DataModule(pl.LightningDataModule):
                             ("eval_bptt", eval_bptt)):
             if value <= 0:
                 raise ValueError(f"data.{name} is {value}; set it to a positive number.")
+        data_dir = str(data_dir)  # saved as a str: a Path would make checkpoints fail to load with weights_only=True
         self.save_hyperparameters()
         self.folder = Path(data_dir) / files.FOLDER
         self.files = {"train": train_file, "valid": val_file, "test": test_file}
