@@ -2,7 +2,8 @@
 bit-identical weights and optimizer state on CPU — and without the callback it does not (so the callback matters).
 
 Both tasks draw from the global torch generator: CIFAR through the shuffling sampler and the crop/flip augmentation,
-the language model through dropout. The sanity check runs before each fit, as in the configs, and draws too.
+the language model through dropout. The sanity check runs before each fit, as in the configs. Under DDP (slow
+test) each rank must get back its own states.
 """
 from __future__ import annotations
 
@@ -129,3 +130,58 @@ def test_states_round_trip_through_weights_only_load(tmp_path):
     set_rng_states(torch.load(tmp_path / "states.pt", weights_only=True), torch.device("cpu"))
     python_draw, numpy_draw, torch_draw = random.random(), float(np.random.rand()), torch.rand(3)
     assert (python_draw, numpy_draw) == expected[:2] and torch.equal(torch_draw, expected[2])
+
+
+def test_another_world_size_warns_and_takes_rank_r_mod_n():
+    saved = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        saved.append(collect_rng_states())
+    expected = torch.rand(3, generator=torch.Generator().set_state(saved[0]["torch"]))
+    with pytest.warns(UserWarning, match=r"random states of 2 process\(es\) but this run has 1; rank r takes"):
+        RNGStateCheckpoint().load_state_dict({"ranks": saved})  # no trainer: a single process, rank 0
+    assert torch.equal(torch.rand(3), expected)
+
+
+class SeedPerRank(Callback):
+    """Gives each DDP rank its own torch stream (as rank-dependent seeding would), so a rank that restored
+    another rank's states would train differently."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        torch.manual_seed(1000 + trainer.global_rank)
+
+
+class SaveWeightsPerRank(Callback):
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        torch.save({k: v.detach().cpu() for k, v in pl_module.state_dict().items()},
+                   self.folder / f"rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.slow
+def test_under_ddp_each_rank_restores_its_own_states(data_roots, tmp_path):
+    """2 CPU processes (gloo, ddp_spawn), the language model's dropout drawn from rank-specific streams: stopped
+    after epoch 0 and resumed, both ranks end bit-identical to the uninterrupted run."""
+    def ddp_fit(out: Path, stop_after: int | None = None, resume_from: Path | None = None) -> Path:
+        out.mkdir(parents=True)
+        pl.seed_everything(0, verbose=False)  # the same initial weights, sent to both ranks
+        model, data = build("wikitext", data_roots["wikitext"])
+        callbacks = [ModelCheckpoint(dirpath=out, filename="last", enable_version_counter=False), SeedPerRank(),
+                     RNGStateCheckpoint(), SaveWeightsPerRank(out)]
+        if stop_after is not None:
+            callbacks.append(StopAtEpochEnd(stop_after))
+        trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
+                             enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
+        trainer.fit(model, data, ckpt_path=str(resume_from) if resume_from else None)
+        return out
+
+    reference = ddp_fit(tmp_path / "uninterrupted")
+    stopped = ddp_fit(tmp_path / "stopped", stop_after=0)
+    saved = torch.load(stopped / "last.ckpt", weights_only=True)["callbacks"]["RNGStateCheckpoint"]["ranks"]
+    assert len(saved) == 2 and not torch.equal(saved[0]["torch"], saved[1]["torch"])  # one state per rank
+    resumed = ddp_fit(tmp_path / "resumed", resume_from=stopped / "last.ckpt")
+    for rank in (0, 1):
+        expected, got = torch.load(reference / f"rank{rank}.pt"), torch.load(resumed / f"rank{rank}.pt")
+        assert [k for k in expected if not torch.equal(expected[k], got[k])] == [], f"rank {rank}"
