@@ -71,5 +71,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
         if storage_options is not None:
-            raise TypeError(f"{type(self).__name__} takes no storage_options for a local path; got {storage_options!r}.")
+            raise TypeError(f"{type(self).__name__} takes no storage_options for a local path; "
+                            f"got {storage_options!r}.")
         atomic_torch_save(checkpoint, path)

@@ -58,7 +58,8 @@ def csv_only_override(path: Path) -> Path:
     """Only the CSV logger (no W&B process), and the LearningRateMonitor's values at every step."""
     path.write_text(yaml.safe_dump({"trainer": {
         "max_epochs": EPOCHS, "log_every_n_steps": 1,
-        "logger": [{"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": ".", "name": "csv"}}],
+        "logger": [{"class_path": "pytorch_lightning.loggers.CSVLogger",
+                    "init_args": {"save_dir": ".", "name": "csv"}}],
     }}))
     return path
 

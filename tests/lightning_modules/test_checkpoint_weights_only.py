@@ -91,7 +91,8 @@ def fit_with_cli(task: str, data_dir: Path, tmp_path: Path) -> Path:
                      "--config", str(tiny_wikitext_config(tmp_path / "tiny.yaml", data_dir, root))]
     (tmp_path / "csv.yaml").write_text(yaml.safe_dump({"trainer": {
         "max_epochs": 2 if task == "cars" else 1, "default_root_dir": str(root), "enable_progress_bar": False,
-        "logger": [{"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": ".", "name": "csv"}}]}}))
+        "logger": [{"class_path": "pytorch_lightning.loggers.CSVLogger",
+                    "init_args": {"save_dir": ".", "name": "csv"}}]}}))
     cli.main(["fit", *task_args, "--config", str(tmp_path / "csv.yaml"), "--test_after_fit", "false"])
     return root / "csv" / "version_0" / "checkpoints" / "last.ckpt"
 
