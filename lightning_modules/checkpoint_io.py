@@ -20,6 +20,7 @@ Every task config uses it (`trainer.plugins`); `trainer.save_checkpoint` from an
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -34,16 +35,15 @@ TEMP_SUFFIX = ".tmp"
 
 
 def _fsync_folder(folder: Path) -> None:
+    """Makes the rename durable where the OS allows it. Windows cannot open a folder and some filesystems refuse
+    fsync on one: the rename is still atomic there, only its durability is left to the OS."""
     try:
         descriptor = os.open(folder, os.O_RDONLY)
     except OSError:
-        return  # not supported here (e.g. Windows): the rename is still atomic, only its durability is the OS's
-    try:
+        return
+    with contextlib.suppress(OSError):
         os.fsync(descriptor)
-    except OSError:
-        pass  # some filesystems refuse fsync on a folder; same as above
-    finally:
-        os.close(descriptor)
+    os.close(descriptor)
 
 
 def atomic_torch_save(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
