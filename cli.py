@@ -132,7 +132,14 @@ class SuperconvergenceCLI(LightningCLI):
             help="After `fit`, evaluate the final weights on the test split (test/acc, test/acc_tta).",
         )
 
-    checkpoint: tuple[dict | None, str | None] | None = None  # ckpt_path as read by read_checkpoint, once
+    checkpoint: dict | None = None  # ckpt_path, read once (tensors memory-mapped) for the checks before the run
+
+    def read_matching_checkpoint(self, path: str, config: Namespace) -> dict:
+        """The checkpoint at `path`, or a stop if it is unreadable or was saved by another model or net."""
+        checkpoint, problem = read_checkpoint(path, weights_only=config.get("weights_only") is not False)
+        if problem or (problem := model_class_problem(path, checkpoint, config.get("model"))):
+            stop(problem)
+        return checkpoint
 
     def _parse_ckpt_path(self) -> None:
         """Lightning merges the checkpoint's hyperparameters into the config here, before any hook of ours: read
@@ -140,10 +147,7 @@ class SuperconvergenceCLI(LightningCLI):
         config = self.config.get(self.config.get("subcommand") or "", None)
         path = config.get("ckpt_path") if config else None
         if path and Path(path).is_file():
-            self.checkpoint = read_checkpoint(path, weights_only=config.get("weights_only") is not False)
-            checkpoint, problem = self.checkpoint
-            if problem or (problem := model_class_problem(path, checkpoint, config.get("model"))):
-                stop(problem)
+            self.checkpoint = self.read_matching_checkpoint(path, config)
             if config.get("weights_only") is False:
                 return  # Lightning would read the hyperparameters with weights_only=True; keep the config's own
         super()._parse_ckpt_path()
@@ -172,9 +176,9 @@ class SuperconvergenceCLI(LightningCLI):
                 stop(str(error), error)
         ckpt_path = config.get("ckpt_path")
         if ckpt_path and ckpt_path not in ("best", "hpc") and not str(ckpt_path).startswith("registry"):
-            checkpoint, problem = self.checkpoint or read_checkpoint(ckpt_path, config.weights_only is not False)
-            if problem or (problem := model_class_problem(ckpt_path, checkpoint, config.get("model"))):
-                stop(problem)
+            # `last` is resolved after Lightning's _parse_ckpt_path, so that checkpoint is read here
+            checkpoint = self.checkpoint or self.read_matching_checkpoint(ckpt_path, config)
+            self.checkpoint = None  # Lightning loads it again itself; let the mapping go
             if problem := state_problem(ckpt_path, checkpoint, self.model, self.datamodule):
                 stop(problem)
 
