@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # On project machines the real CIFAR-10 images ship as JPEGs in ../shared/data; elsewhere data is downloaded.
 SHARED_CIFAR := ../shared/data/cifar10-jpg.tar.gz
 
-.PHONY: fit test demo bench bench-gpu install data clean
+.PHONY: fit test demo bench gpu-check gpu-carry install data clean
 
 # The stamp is rebuilt when pyproject.toml changes, so `make` re-installs only when dependencies change.
 $(VENV)/.installed: pyproject.toml
@@ -39,9 +39,14 @@ test: install
 bench: install
 	$(PY) benchmarks/run_all.py
 
-# The seed's 30-epoch and 18-epoch + TTA CIFAR runs on one GPU, time to 94% → docs/results/gpu_bench.md.
-bench-gpu: install data
-	PY=$(PY) bash scripts/bench_gpu.sh
+# The GPU check (docs/GPU_CHECK.md): the seed's CIFAR-10 run + GPU benchmarks in 8 minutes, results under
+# runs/gpu_check/out. No venv: made for a bare GPU machine (its own python3, carried wheels and data).
+gpu-check:
+	bash scripts/gpu_check.sh
+
+# Prepares .gpu_carry/ (wheels, CIFAR-10 JPEGs, WikiText-2 test stream) for gpu-check; needs PyPI and ../shared.
+gpu-carry: install
+	bash scripts/gpu_carry.sh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -36,15 +36,22 @@ from benchmarks.cifar_pipeline import machine
 from lightning_modules.compile import compile_net
 from lightning_modules.nets import WideResNet
 
-SIDES = ("eager", "eager+channels_last", "compiled", "compiled+channels_last")
+SIDES = ("eager", "eager+channels_last", "compiled", "compiled+channels_last")  # `make bench`, on the CPU
+GPU_SIDES = ("eager", "bf16", "bf16+channels_last", "bf16+channels_last+compiled")  # scripts/gpu_check.py
 WRN_CPU = dict(num_groups=3, blocks_per_group=1, widen_factor=2, residual_scale=0.2)  # configs/cifar_cpu.yaml
+WRN_22 = dict(num_groups=3, blocks_per_group=3, widen_factor=6, residual_scale=0.2)  # configs/cifar.yaml
 
 
 class Side:
-    """One variant: its own copy of the net and its own AdamW, and the batch in the memory format it wants."""
+    """One variant: its own copy of the net and its own AdamW, and the batch in the memory format it wants.
+
+    The name says what the variant does: `channels_last`, `compiled`, `bf16` (forward under bf16 autocast, as
+    Lightning's `precision: bf16-mixed`); "eager" alone is the plain float32 net.
+    """
 
     def __init__(self, name: str, net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor):
         self.name, self.labels = name, labels
+        self.bf16 = "bf16" in name
         self.net = copy.deepcopy(net).train()
         self.images = images
         if "channels_last" in name:
@@ -58,58 +65,84 @@ class Side:
     def step(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """One training step; returns the logits and the gradients it stepped with."""
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.net(self.images)
-        F.cross_entropy(logits, self.labels).backward()
+        with torch.autocast(self.images.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.net(self.images)
+            loss = F.cross_entropy(logits, self.labels)
+        loss.backward()
         grads = [p.grad for p in self.net.parameters()]
         self.optimizer.step()
         return logits.detach(), grads
 
 
-def _seconds(fn) -> float:
+def _seconds(fn, device: torch.device = torch.device("cpu")) -> float:
     start = time.perf_counter()
     fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - start
 
 
+def step_flops(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> int:
+    """FLOPs of one forward + backward (convolutions and matmuls, as torch's FlopCounterMode counts them)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = copy.deepcopy(net).train()
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(net(images), labels).backward()
+    return counter.get_total_flops()
+
+
 def run(batch: int = 128, size: int = 32, warmup: int = 2, repeats: int = 4, steps: int = 2,
-        wrn: dict | None = None) -> dict:
-    """Build every side, warm each up (compiling where asked), then time `repeats` rotating rounds of `steps` steps."""
-    where = machine(torch.device("cpu"))  # before compiling: its worker processes raise the load average
+        wrn: dict | None = None, device: str = "cpu", sides: tuple[str, ...] = SIDES) -> dict:
+    """Build every side, warm each up (compiling where asked), then time `repeats` rotating rounds of `steps` steps.
+
+    `wrn` overrides the CPU WRN's arguments (`WRN_22` for the seed's net); `sides` are names as `Side` reads
+    them, the first one the baseline of the speed-ups.
+    """
+    device = torch.device(device)
+    where = machine(device)  # before compiling: its worker processes raise the load average
     torch._dynamo.reset()  # nothing compiled earlier in this process counts against dynamo's recompile budget
     torch.manual_seed(0)
     wrn = {**WRN_CPU, **(wrn or {})}
-    net = WideResNet(**wrn)
-    images, labels = torch.randn(batch, 3, size, size), torch.randint(0, 10, (batch,))
+    net = WideResNet(**wrn).to(device)
+    images = torch.randn(batch, 3, size, size).to(device)
+    labels = torch.randint(0, 10, (batch,)).to(device)
+    flops = step_flops(net, images, labels)
+    timed = lambda fn: _seconds(fn, device)  # noqa: E731
+    baseline = sides[0]
 
-    sides, first_step_s, warmup_s, first = {}, {}, {}, {}
-    for name in SIDES:  # built and warmed up one after the other: compilation never overlaps another side's work
-        side = sides[name] = Side(name, net, images, labels)
-        start = time.perf_counter()
-        logits, grads = side.step()
-        first_step_s[name] = time.perf_counter() - start
-        first[name] = (logits, [g.clone() for g in grads])
-        warmup_s[name] = first_step_s[name] + sum(_seconds(side.step) for _ in range(warmup - 1))
-    max_abs_diff = {name: {"logits": (first[name][0] - first["eager"][0]).abs().max().item(),
-                           "grads": max((g - e).abs().max().item() for g, e in zip(first[name][1], first["eager"][1]))}
-                    for name in SIDES}
+    sides_built, first_step_s, warmup_s, first = {}, {}, {}, {}
+    for name in sides:  # built and warmed up one after the other: compilation never overlaps another side's work
+        side = sides_built[name] = Side(name, net, images, labels)
+        captured = []
+        first_step_s[name] = timed(lambda: captured.append(side.step()))
+        logits, grads = captured[0]
+        first[name] = (logits.float(), [g.float().clone() for g in grads])
+        warmup_s[name] = first_step_s[name] + sum(timed(side.step) for _ in range(warmup - 1))
+    max_abs_diff = {name: {"logits": (first[name][0] - first[baseline][0]).abs().max().item(),
+                           "grads": max((g - e).abs().max().item() for g, e in zip(first[name][1], first[baseline][1]))}
+                    for name in sides}
 
-    seconds = {name: [] for name in SIDES}  # per step, one entry per round
+    seconds = {name: [] for name in sides}  # per step, one entry per round
     for rep in range(repeats):
-        order = SIDES[rep % len(SIDES):] + SIDES[:rep % len(SIDES)]
+        order = sides[rep % len(sides):] + sides[:rep % len(sides)]
         for name in order:
-            seconds[name].append(_seconds(lambda: [sides[name].step() for _ in range(steps)]) / steps)
+            seconds[name].append(timed(lambda: [sides_built[name].step() for _ in range(steps)]) / steps)
 
-    speedups = {name: [e / s for e, s in zip(seconds["eager"], seconds[name])] for name in SIDES}
+    speedups = {name: [e / s for e, s in zip(seconds[baseline], seconds[name])] for name in sides}
     ms = {name: 1e3 * statistics.median(secs) for name, secs in seconds.items()}
     return {
         "batch": batch, "size": size, "warmup": warmup, "repeats": repeats, "steps": steps, "wrn": wrn,
-        "dtype": "float32", "machine": where,
+        "sides": list(sides), "baseline": baseline, "dtype": "float32 (bf16 sides: autocast)", "machine": where,
         "seconds": seconds, "ms": ms,
+        "images_per_s": {name: batch / statistics.median(secs) for name, secs in seconds.items()},
+        "step_flops": flops,
+        "flops_per_s": {name: flops / statistics.median(secs) for name, secs in seconds.items()},
         "speedups": speedups, "speedup": {name: statistics.median(s) for name, s in speedups.items()},
         "first_step_s": first_step_s,
         # compilation ≈ the compiled sides' first step beyond a normal step
-        "compile_s": {name: max(0.0, first_step_s[name] - ms[name] / 1e3) for name in SIDES if "compiled" in name},
-        "max_abs_diff": max_abs_diff,  # first step vs eager: logits, and gradients of every parameter
+        "compile_s": {name: max(0.0, first_step_s[name] - ms[name] / 1e3) for name in sides if "compiled" in name},
+        "max_abs_diff": max_abs_diff,  # first step vs the baseline: logits, and gradients of every parameter
     }
 
 

@@ -60,22 +60,28 @@ def _load(class_path: str):
     return getattr(importlib.import_module(module), name)
 
 
-def build(side: str, vocab: int, embedding: int, hidden: int, layers: int) -> dict:
-    """The side's module, Adam and clip value from its seed config, with the sizes replaced by the given ones."""
+def build(side: str, vocab: int, embedding: int, hidden: int | None, layers: int | None) -> dict:
+    """The side's module, Adam and clip value from its seed config, with the sizes replaced by the given ones
+    (hidden/layers None: the config's own, e.g. the QRNN's 4 layers of 1550)."""
     config = yaml.safe_load(CONFIGS[side].read_text())
     model_args = config["model"]["init_args"]
     net_config, optimizer_config = model_args["net"], model_args["optimizer"]
-    sizes = dict(vocab_size=vocab, embedding_size=embedding, hidden_size=hidden, num_layers=layers)
+    sizes = dict(vocab_size=vocab, embedding_size=embedding,
+                 hidden_size=hidden or net_config["init_args"]["hidden_size"],
+                 num_layers=layers or net_config["init_args"]["num_layers"])
     torch.manual_seed(0)
     net = _load(net_config["class_path"])(**{**net_config["init_args"], **sizes})
     module = BareLanguageModel(net, alpha=model_args["alpha"], beta=model_args["beta"], cache=False)
     optimizer_args = {k: tuple(v) if isinstance(v, list) else v for k, v in optimizer_config["init_args"].items()}
     optimizer = _load(optimizer_config["class_path"])(module.net.parameters(), **optimizer_args)
-    return {"module": module.train(), "optimizer": optimizer, "clip": config["trainer"]["gradient_clip_val"]}
+    return {"module": module.train(), "optimizer": optimizer, "clip": config["trainer"]["gradient_clip_val"],
+            "sizes": sizes}
 
 
-def _step(side: dict, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device) -> tuple[float, dict]:
-    """One training step; returns its loss and the seconds of each phase (they sum to the whole step)."""
+def _step(side: dict, batch: tuple[torch.Tensor, torch.Tensor], device: torch.device,
+          bf16: bool = False) -> tuple[float, dict]:
+    """One training step; returns its loss and the seconds of each phase (they sum to the whole step).
+    `bf16`: the forward under bf16 autocast, as Lightning's `precision: bf16-mixed` runs it."""
     module, optimizer = side["module"], side["optimizer"]
     marks = {}
 
@@ -96,7 +102,8 @@ def _step(side: dict, batch: tuple[torch.Tensor, torch.Tensor], device: torch.de
     handle = module.net.register_forward_hook(at_net_output)
     sync()
     start = time.perf_counter()
-    loss = module.training_step(batch, 0)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = module.training_step(batch, 0)
     sync()
     marks["head_forward"] = time.perf_counter()
     loss.backward()
@@ -119,24 +126,26 @@ def matmul_macs(vocab: int, embedding: int, hidden: int, layers: int) -> dict:
     return {"awd_lstm": lstm, "qrnn": qrnn, "decoder": embedding * vocab}
 
 
-def run(batch: int = 20, seq_len: int = 70, vocab: int = 33278, embedding: int = 400, hidden: int = 1150,
-        layers: int = 3, repeats: int = 5, threads: int | None = None) -> dict:
+def run(batch: int = 20, seq_len: int = 70, vocab: int = 33278, embedding: int = 400, hidden: int | None = 1150,
+        layers: int | None = 3, repeats: int = 5, threads: int | None = None, bf16: bool = False) -> dict:
     """Warm up both sides with one step, then time `repeats` alternating rounds of one step each.
 
-    `threads`: torch CPU threads for the run (None keeps torch's default). On a busy CPU, fewer threads than
-    cores avoids waiting at every op for a descheduled worker thread, a wait that hits the LSTM's many small
-    per-step ops hardest.
+    `hidden`, `layers`: both sides' sizes; None gives each side its seed config's own (AWD-LSTM 3 × 1150,
+    QRNN 4 × 1550). `threads`: torch CPU threads for the run (None keeps torch's default). On a busy CPU, fewer
+    threads than cores avoids waiting at every op for a descheduled worker thread, a wait that hits the LSTM's
+    many small per-step ops hardest. `bf16`: forward under bf16 autocast (a GPU run's default precision).
     """
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _measure(batch, seq_len, vocab, embedding, hidden, layers, repeats)
+        return _measure(batch, seq_len, vocab, embedding, hidden, layers, repeats, bf16)
     finally:  # other benchmarks may run in the same process
         torch.set_num_threads(previous_threads)
 
 
-def _measure(batch: int, seq_len: int, vocab: int, embedding: int, hidden: int, layers: int, repeats: int) -> dict:
+def _measure(batch: int, seq_len: int, vocab: int, embedding: int, hidden: int | None, layers: int | None,
+             repeats: int, bf16: bool) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, vocab, (batch, seq_len + 1), generator=generator).to(device)
@@ -147,12 +156,12 @@ def _measure(batch: int, seq_len: int, vocab: int, embedding: int, hidden: int, 
         side["module"].to(device)
         start_weights[name] = [p.detach().clone() for p in side["module"].net.parameters()]
 
-    losses = {name: [_step(side, data, device)[0]] for name, side in sides.items()}  # warm-up
+    losses = {name: [_step(side, data, device, bf16)[0]] for name, side in sides.items()}  # warm-up
     seconds = {name: [] for name in SIDES}
     phases = {name: {phase: [] for phase in PHASES} for name in SIDES}
     for rep in range(repeats):
         for name in SIDES[rep % 2:] + SIDES[:rep % 2]:
-            loss, split = _step(sides[name], data, device)
+            loss, split = _step(sides[name], data, device, bf16)
             losses[name].append(loss)
             seconds[name].append(sum(split.values()))
             for phase, secs in split.items():
@@ -163,10 +172,13 @@ def _measure(batch: int, seq_len: int, vocab: int, embedding: int, hidden: int, 
                for name, side in sides.items()}
     ratios = [q / lstm for q, lstm in zip(seconds["qrnn"], seconds["awd_lstm"])]
     ratio = statistics.median(ratios)
-    macs = matmul_macs(vocab, embedding, hidden, layers)
+    own = {name: (side["sizes"]["hidden_size"], side["sizes"]["num_layers"]) for name, side in sides.items()}
+    macs = {name: matmul_macs(vocab, embedding, *own[name])[name] for name in SIDES}
+    macs["decoder"] = embedding * vocab
     return {
         "batch": batch, "seq_len": seq_len, "vocab": vocab, "embedding": embedding, "hidden": hidden,
-        "layers": layers, "repeats": repeats, "dtype": "float32", "machine": machine(device),
+        "layers": layers, "sizes": own, "repeats": repeats, "dtype": "bf16-mixed" if bf16 else "float32",
+        "machine": machine(device),
         "clip": {name: side["clip"] for name, side in sides.items()},
         "params": {name: sum(p.numel() for p in side["module"].net.parameters()) for name, side in sides.items()},
         "param_tensors": {name: len(start_weights[name]) for name in SIDES},

@@ -124,6 +124,61 @@ def run(tokens: int = 2000, vocab: int = WIKITEXT2_VOCAB, hidden: int = 400, win
     }
 
 
+def stream_pass(targets: torch.Tensor, hidden: torch.Tensor, target_log_probs: torch.Tensor, window: int,
+                chunk: int) -> tuple[float, torch.Tensor]:
+    """Seconds for `NeuralCache` to read a whole stream in evaluation chunks of `chunk` tokens (as `test/ppl_cache`
+    is computed), and the mixed log-probabilities it returned."""
+    device = hidden.device
+    cache = NeuralCache(window, THETA, LAMBDAH)
+
+    def whole() -> torch.Tensor:
+        return torch.cat([cache.log_probs(target_log_probs[i:i + chunk], hidden[i:i + chunk], targets[i:i + chunk])
+                          for i in range(0, len(targets), chunk)])
+
+    return _timed(whole, device)
+
+
+def run_stream(tokens_file: str | Path | None = None, tokens: int = 245_569, window: int = 3785,
+               chunk: int = 2000, hidden: int = 400, cpu_tokens: int = 20_000, seed: int = 0) -> dict:
+    """The cache over a whole test stream on the GPU (if there is one), against the same code on the CPU.
+
+    Targets are the real stream's word ids when `tokens_file` is given (WikiText-2's `wiki.test.tokens`, read as
+    the datamodule reads it), else Zipf-like draws of `tokens` ids; hidden states tanh(N(0, 1)) and target
+    log-probabilities log U(0, 1) stand in for a model's (the cache's cost does not depend on their values). The
+    CPU reads the first `cpu_tokens` of the same stream (the whole one would take minutes); both are compared in
+    microseconds per token. Each side runs once untimed first; the first CPU block's results must match the GPU's.
+    """
+    from datamodules.wikitext2_files import build_vocab, encode, read_tokens
+
+    generator = torch.Generator().manual_seed(seed)
+    if tokens_file is not None:
+        words = read_tokens(Path(tokens_file))
+        targets = encode(words, build_vocab(words))
+    else:
+        zipf = 1.0 / torch.arange(1, WIKITEXT2_VOCAB + 1, dtype=torch.float64)
+        targets = torch.multinomial(zipf, tokens, replacement=True, generator=generator)
+    states = torch.tanh(torch.randn(len(targets), hidden, generator=generator))
+    target_log_probs = torch.rand(len(targets), generator=generator).clamp_min(1e-6).log()
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    result = {"tokens": len(targets), "real_text": tokens_file is not None, "window": window, "chunk": chunk,
+              "hidden": hidden, "cpu_tokens": min(cpu_tokens, len(targets)), "machine": machine(devices[-1]),
+              "seconds": {}, "us_per_token": {}}
+    outputs = {}
+    for device in devices:
+        n = len(targets) if device.type == "cuda" else result["cpu_tokens"]
+        data = [t[:n].to(device) for t in (targets, states, target_log_probs)]
+        stream_pass(*data, window, chunk)  # warm-up
+        seconds, out = stream_pass(*data, window, chunk)
+        result["seconds"][device.type] = seconds
+        result["us_per_token"][device.type] = 1e6 * seconds / n
+        outputs[device.type] = out.cpu()
+    if "cuda" in outputs:
+        n = result["cpu_tokens"]
+        result["max_abs_diff_cpu_gpu"] = (outputs["cuda"][:n] - outputs["cpu"]).abs().max().item()
+        result["gpu_speedup"] = result["us_per_token"]["cpu"] / result["us_per_token"]["cuda"]
+    return result
+
+
 def markdown(result: dict) -> str:
     """The docs/BENCHMARKS.md section for one `run` result."""
     m = result["machine"]

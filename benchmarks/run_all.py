@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python benchmarks/run_all.py` puts benchmarks/, not the repo root, on sys.path
     sys.path.insert(0, str(REPO))
 
-BENCHMARKS = ["cifar_pipeline", "lightning_overhead", "qrnn_recurrence", "lm_step", "neural_cache", "compile_wrn"]
+BENCHMARKS = ["device_ceiling", "cifar_pipeline", "lightning_overhead", "qrnn_recurrence", "lm_step", "neural_cache",
+              "compile_wrn"]
 
 HEADER = """# Benchmarks
 

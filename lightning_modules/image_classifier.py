@@ -48,7 +48,9 @@ class ImageClassifier(pl.LightningModule):
         tta: number of augmented views averaged with the plain image at test time (0 disables; the seed: 4).
         tta_seed: seed of the TTA views, so `test/acc_tta` is reproducible.
         decay_norm_and_bias: False excludes norm weights and biases from weight decay (the seed decays all).
-        channels_last: use channels-last memory format on GPU (faster convolutions with tensor cores).
+        channels_last: channels-last memory format for the net and its input batches (NHWC: the layout tensor-core
+            convolutions want). null (default): on CUDA only; true: on every device, the CPU included (how the
+            GPU settings are checked on a CPU); false: never.
         compile: `torch.compile` the net in place with inductor (`lightning_modules/compile.py`): the same
             outputs and state_dict keys, a checkpoint loads either way; the first steps pay the compilation.
         stages: fine-tuning stages (see `optim.FinetuneStage`), each its own optimizer and 1cycle over its own
@@ -64,7 +66,7 @@ class ImageClassifier(pl.LightningModule):
         tta: int = 4,
         tta_seed: int = 0,
         decay_norm_and_bias: bool = True,
-        channels_last: bool = True,
+        channels_last: bool | None = None,
         stages: list[FinetuneStage] | None = None,
         compile: bool = False,
     ):
@@ -74,6 +76,7 @@ class ImageClassifier(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.tta, self.tta_seed = tta, tta_seed
         self.decay_norm_and_bias, self.channels_last = decay_norm_and_bias, channels_last
+        self.uses_channels_last = False  # decided in `setup`, once the device is known
         self.compile_enabled = compile  # not `self.compile`: that is nn.Module's method
         self.stages = as_stages(stages)
         self.active_stage = 0  # index into `stages` whose optimizer currently exists (saved in checkpoints)
@@ -96,7 +99,9 @@ class ImageClassifier(pl.LightningModule):
     def setup(self, stage: str) -> None:
         # Runs before Lightning moves the model to its device (a move keeps the memory format), so ask the
         # strategy where the model is going rather than where it is.
-        if self.channels_last and self.trainer.strategy.root_device.type == "cuda":
+        on_cuda = self.trainer.strategy.root_device.type == "cuda"
+        self.uses_channels_last = self.channels_last or (self.channels_last is None and on_cuda)
+        if self.uses_channels_last:
             self.net.to(memory_format=torch.channels_last)
         if self.compile_enabled:  # after channels_last; lazy, so it compiles on the device of the first batch
             compile_net(self.net)
@@ -106,7 +111,7 @@ class ImageClassifier(pl.LightningModule):
             warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.channels_last and images.is_cuda:
+        if self.uses_channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 

@@ -17,9 +17,10 @@ c_t = a_t c_{t-1} + b_t with a = 1 - f and b = f z, and wraps it in an autograd 
 same kind of recurrence run backwards in time (g_t = dL/dc_t + a_{t+1} g_{t+1}), so neither direction builds a
 per-step graph. Two ways to run the recurrence, both pure PyTorch and both free of divisions and logarithms:
 
-- "sequential": one fused in-place `addcmul` per step, exactly the loop's arithmetic. Used on CPU, where it was
-  measured fastest (`benchmarks/qrnn_recurrence.py`): it does the minimum work and never forms products of many
-  gates, whose values underflow into denormal floats that the CPU handles very slowly.
+- "sequential": one fused op per step — forward `lerp(c_{t-1}, z_t, f_t)` = c_{t-1} + f_t (z_t - c_{t-1}), which
+  reads f and z once and precomputes nothing; backward one `addcmul` per step. Used on CPU, where it was measured
+  fastest (`benchmarks/qrnn_recurrence.py`): it does the minimum work and never forms products of many gates,
+  whose values underflow into denormal floats that the CPU handles very slowly.
 - "chunked": time is cut into chunks of about sqrt(T) steps; all chunks run their local recurrence (from a zero
   state) side by side, the chunk-to-chunk carries follow in one short loop, and one broadcast `addcmul` adds
   each carry times the chunk's cumulative product of gates. About 20 kernel launches per direction instead of 70
@@ -42,6 +43,19 @@ from torch import Tensor, nn
 from lightning_modules.nets.awd_lstm import RNNLanguageNet
 
 METHODS = ("auto", "sequential", "chunked")
+
+
+def _fo_pool_lerp(forget: Tensor, candidate: Tensor, c0: Tensor) -> Tensor:
+    """The forward recurrence as one `lerp` per step, written straight into the output: c_t = lerp(c_{t-1}, z_t, f_t).
+
+    The same value as a_t c_{t-1} + b_t with a = 1 - f, b = f z (to rounding), without making a or b first:
+    forget and candidate are read once and c written once, the least memory traffic fo-pooling allows.
+    """
+    out = torch.empty_like(candidate)
+    c = c0
+    for t in range(candidate.shape[1]):
+        c = torch.lerp(c, candidate[:, t], forget[:, t], out=out[:, t])
+    return out
 
 
 def _recurrence_sequential(a: Tensor, b: Tensor, c0: Tensor, adjoint: bool) -> Tensor:
@@ -101,16 +115,19 @@ class _FoPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, forget: Tensor, candidate: Tensor, c0: Tensor, method: str) -> Tensor:
         forget, candidate, c0 = forget.contiguous(), candidate.contiguous(), c0.contiguous()
-        keep = 1 - forget
-        c = _IMPLEMENTATIONS[method](keep, forget * candidate, c0, adjoint=False)
-        ctx.save_for_backward(forget, candidate, c0, keep, c)
+        if method == "sequential":
+            c = _fo_pool_lerp(forget, candidate, c0)
+        else:
+            c = _IMPLEMENTATIONS[method](1 - forget, forget * candidate, c0, adjoint=False)
+        ctx.save_for_backward(forget, candidate, c0, c)
         ctx.method = method
         return c
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_c: Tensor):
-        forget, candidate, c0, keep, c = ctx.saved_tensors
+        forget, candidate, c0, c = ctx.saved_tensors
+        keep = 1 - forget  # made again rather than saved: one tensor less held per layer between the passes
         g = _IMPLEMENTATIONS[ctx.method](keep, grad_c.contiguous(), c0, adjoint=True)
         grad_f = grad_z = grad_c0 = None
         if ctx.needs_input_grad[0]:

@@ -25,6 +25,13 @@ def test_run_times_every_side_and_they_compute_the_same_values():
     assert result["ratio"] == result["speedup"][result["auto_method"]] > 0
     assert result["passed"] == (result["ratio"] >= result["target"])
     assert set(result["machine"]) >= {"cpu", "cores", "torch", "device"}
+    # memory traffic: 9 float32 tensors of [3, 11, 5] moved in each side's median time, against the copy rate
+    assert result["essential_bytes"] == qrnn_recurrence.essential_bytes(3, 11, 5) == 9 * 3 * 11 * 5 * 4
+    for side in qrnn_recurrence.SIDES:
+        assert result["bytes_per_s"][side] == pytest.approx(result["essential_bytes"] / (result["ms"][side] / 1e3))
+        assert result["bandwidth_fraction"][side] == pytest.approx(result["bytes_per_s"][side]
+                                                                   / result["copy_bytes_per_s"])
+    assert "of the copy bandwidth" in qrnn_recurrence.markdown(result)
     text = qrnn_recurrence.markdown(result)
     assert text.startswith("## QRNN fo-pooling recurrence")
     assert all(f"| {side} |" in text for side in qrnn_recurrence.SIDES) and "[3, 11, 5]" in text

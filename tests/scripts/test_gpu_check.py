@@ -1,0 +1,95 @@
+"""scripts/gpu_check.sh: its dry run goes end to end on the CPU, its real runs are the seed's, and it fails clearly.
+
+The lent GPU machine gives one try of at most 8 minutes: everything that can break in the script must break here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+import cli
+from lightning_modules import ElapsedTime
+from scripts import gpu_check
+from tests.conftest import REPO, SHARED_DATA, SHARED_TOOLS, TINY_WRN_ARGS
+
+SCRIPT = REPO / "scripts" / "gpu_check.sh"
+DEVICE_FILE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")  # what the device tool brings back from $OUT
+
+
+def run_script(tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PY": sys.executable, "OUT": str(tmp_path / "out"), "WANDB_MODE": "offline", **env}
+    return subprocess.run(["bash", str(SCRIPT), *args], cwd=REPO, env=environment, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture
+def carry(tmp_path):
+    """A carry folder as scripts/gpu_carry.sh makes it (minus the wheels, which this machine does not need)."""
+    sources = [SHARED_DATA / "cifar10-jpg.tar.gz", SHARED_TOOLS / "cifar10_from_jpg.py",
+               SHARED_DATA / "wikitext-2" / "wiki.test.tokens"]
+    if not all(path.is_file() for path in sources):
+        pytest.skip(f"the real data to carry is not available: {SHARED_DATA} (it ships in ../shared on project machines)")
+    folder = tmp_path / "carry"
+    folder.mkdir()
+    for path in sources:
+        (folder / path.name).symlink_to(path)
+    return folder
+
+
+@pytest.mark.slow
+def test_dry_run_converts_the_carried_images_runs_every_step_and_reports(tmp_path, carry):
+    done = run_script(tmp_path, "--dry-run", CARRY=str(carry), DATA=str(tmp_path / "data"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = tmp_path / "out"
+    log = (out / "gpu_check.log").read_text()
+    assert "converting" in log and (tmp_path / "data" / "cifar-10-batches-py" / "test_batch").is_file()
+    results = json.loads((out / "results.json").read_text())
+    assert results["dry_run"] and results["errors"] == {}
+    seed = results["runs"]["wrn22_30ep"]
+    assert seed["returncode"] == 0 and seed["epochs"] == 1 and 0 <= seed["test_acc_tta"] <= 1
+    assert "configs/trainer/gpu_fast.yaml" in seed["cli_args"] and "--trainer.accelerator" in seed["cli_args"]
+    assert results["skipped"] == {"wrn22_18ep_tta": "no epoch time from the 30-epoch run to plan with"}
+    benchmarks = results["benchmarks"]
+    assert set(benchmarks) == {"ceilings", "fo_pool", "lm_step", "cache", "wrn_step"}
+    assert benchmarks["cache"]["real_text"] and benchmarks["cache"]["tokens"] == 245_569  # the carried stream
+    assert benchmarks["lm_step"]["dtype"] == "bf16-mixed" and benchmarks["wrn_step"]["sides"][1] == "bf16"
+    report = (out / "gpu_bench.md").read_text()
+    for heading in ("## The seed's CIFAR-10 run", "## Ceilings", "## WRN training step", "## QRNN fo_pool",
+                    "## Language-model training step", "## Neural cache", "## Not measured"):
+        assert heading in report
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["curves.png", "gpu_bench.md", "gpu_check.log", "metrics_wrn22_30ep.csv", "results.json"]
+    assert all(DEVICE_FILE_NAME.match(name) for name in files) and len(files) <= 8
+
+
+def test_without_data_or_carry_it_stops_with_what_to_do(tmp_path):
+    done = run_script(tmp_path, CARRY=str(tmp_path / "no_carry"), DATA=str(tmp_path / "no_data"))
+    assert done.returncode == 2 and "run scripts/gpu_carry.sh first" in done.stdout  # stderr joins the log
+
+
+@pytest.mark.parametrize("wandb_there", [True, False])
+def test_the_runs_are_the_seeds_with_the_fast_gpu_settings(tmp_path, cifar_dir, monkeypatch, wandb_there):
+    monkeypatch.setattr(gpu_check, "importlib_missing", lambda name: not wandb_there)
+    for name, epochs in (("wrn22_30ep", 30), ("wrn22_18ep_tta", 18)):
+        args = gpu_check.fit_args(name, epochs, cifar_dir, tmp_path, 300, dry=False)
+        run = cli.main([*args[1:], *TINY_WRN_ARGS, "--trainer.accelerator", "cpu"], run=False)
+        assert args[0] == "fit" and run.trainer.max_epochs == epochs and run.trainer.precision == "bf16-mixed"
+        assert run.model.compile_enabled and run.model.channels_last and run.model.tta == 4
+        assert run.datamodule.eval_batch_size == 1000 and run.datamodule.batch_size == 128
+        assert any(isinstance(c, ElapsedTime) for c in run.trainer.callbacks)
+        assert run.trainer.default_root_dir == str(tmp_path / name)
+        assert [type(logger).__name__ for logger in run.trainer.loggers] == (
+            ["CSVLogger", "WandbLogger"] if wandb_there else ["CSVLogger"])
+
+
+def test_a_child_past_its_deadline_is_stopped_and_the_check_goes_on(tmp_path):
+    check = gpu_check.Check(tmp_path / "out", tmp_path, None, budget_s=60, started=time.time(), dry=True)
+    start = time.time()
+    code = check.child([sys.executable, "-c", "import time; time.sleep(60)"], timeout=1)
+    assert code == -15 and time.time() - start < 10  # SIGTERM, well before the child's own end
