@@ -93,3 +93,13 @@ def test_a_child_past_its_deadline_is_stopped_and_the_check_goes_on(tmp_path):
     start = time.time()
     code = check.child([sys.executable, "-c", "import time; time.sleep(60)"], timeout=1)
     assert code == -15 and time.time() - start < 10  # SIGTERM, well before the child's own end
+
+
+def test_the_short_run_is_planned_from_the_seed_runs_epochs(tmp_path):
+    check = gpu_check.Check(tmp_path / "out", tmp_path, None, budget_s=480, started=time.time(), dry=False)
+    assert check.short_run_fits() is None  # nothing measured yet: nothing to plan with
+    epochs = [60.0] + [5.0] * 29  # the first epoch pays 55 s of compilation
+    check.results["runs"]["wrn22_30ep"] = {"epoch_s": epochs, "median_epoch_s": 5.0, "compile_s": 55.0,
+                                           "wall_s": 240.0}
+    # start-up and test beyond the epochs (35 s), compilation again (55 s), 18 epochs (90 s), 30 s to spare
+    assert check.short_run_fits() == pytest.approx(35 + 55 + 18 * 5 + 30)
