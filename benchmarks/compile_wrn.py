@@ -187,7 +187,7 @@ def markdown(result: dict) -> str:
         "inductor's on-disk cache makes later runs compile faster). channels_last "
         f"{'helps' if channels_last > 1.05 else 'hurts' if channels_last < 0.95 else 'changes little'} on this CPU: "
         f"{channels_last:.2f}× eager's speed in eager mode, {channels_last_compiled:.2f}× when compiled "
-        "(`ImageClassifier` applies it only on CUDA).",
+        "(`ImageClassifier` applies it on CUDA unless `channels_last: true` asks for it everywhere).",
         "",
         "Where the time goes (torch.profiler on this step, eager): the convolutions, forward and backward "
         "(oneDNN), take most of it, and `torch.compile` leaves them as they are; what it fuses is the rest — "
