@@ -3,18 +3,23 @@
 What it adds to LightningCLI, and why:
 - model and data are chosen by `class_path` in YAML (one CLI for every task);
 - the datamodule's `num_classes` is linked into the net, so no YAML repeats it;
-- loggers without their own `save_dir` write under `--trainer.default_root_dir`, like checkpoints;
-- W&B runs are tagged with the optimizer and its weight-decay mode (adamw/adam/sgd, amsgrad, decoupled-wd/l2-wd);
-- a W&B logger asked to log online falls back to offline, with a warning, when online logging cannot start;
-- the resolved config is saved next to the checkpoints and logged to every logger (W&B shows it in full);
+- loggers write under `--trainer.default_root_dir`; W&B runs are tagged with the optimizer and fall back to offline
+  when online logging cannot start (`cli_loggers.py`);
+- the resolved config is saved next to the checkpoints and logged to every logger (W&B shows it in full), and every
+  checkpoint carries its run's record (config, run id, world size: `cli_resume.py`);
 - `fit` ends with a test of the final weights (the seed's reported number), unless `--test_after_fit false`;
 - mixed precision defaults to bf16 on a GPU that supports it and to fp32 elsewhere, so one config runs on both;
-- `--ckpt_path last` resumes from the newest `last.ckpt` under `--trainer.default_root_dir` (Lightning alone
-  looks only in the new run's own version folder, finds nothing and silently starts from scratch);
+- `--ckpt_path last` resumes the newest `last.ckpt` under `--trainer.default_root_dir` *of this experiment*
+  (Lightning alone looks only in the new run's own version folder and silently starts from scratch; the newest
+  alone may be another experiment's); a resumed `fit` continues the same W&B run and CSV metrics.csv, and a run
+  length its 1cycle cannot cover stops before anything is written;
+- `--model.init_args.init_weights PATH` starts a new run — fresh optimizer, fresh 1cycle — from a checkpoint's net
+  weights, recorded as the run's parent;
 - bad input stops the run before anything is written, with one sentence naming the field or file and the fix
   (`cli_checks.py`): typos and unknown classes, bad optimizer/1cycle values, a run length the 1cycle cannot
   use, an unwritable run folder, an invalid W&B project, missing or broken data, a checkpoint that cannot be read
-  or belongs to another model. Checkpoints load with `weights_only=True` unless `--weights_only false`.
+  or belongs to another model. Checkpoints load with `weights_only=True` unless `--weights_only false`. A disk
+  that fills up while a checkpoint is written stops the run in one sentence too, the previous checkpoint intact.
 """
 from __future__ import annotations
 
@@ -23,64 +28,25 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import torch
+import yaml
 from jsonargparse import Namespace
 from jsonargparse._common import debug_mode_active
 from pytorch_lightning import LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from pytorch_lightning.utilities.rank_zero import rank_zero_only
+from pytorch_lightning.loggers import CSVLogger
 
 from cli_checks import explain_config_error, model_class_problem, read_checkpoint, run_config_problem, state_problem
-
-
-def optimizer_tags(optimizer: Namespace | None) -> list[str]:
-    """W&B tags naming the optimizer and its weight-decay mode, so dashboards can group runs without edits."""
-    if optimizer is None or not hasattr(optimizer, "class_path"):
-        return []
-    name = optimizer.class_path.rsplit(".", 1)[-1].lower()
-    init_args = optimizer.get("init_args") or Namespace()
-    tags = [name]
-    if init_args.get("amsgrad"):
-        tags.append("amsgrad")
-    if init_args.get("weight_decay"):
-        tags.append("decoupled-wd" if name == "adamw" else "l2-wd")
-    return tags
+from cli_loggers import prepare_loggers
+from cli_resume import (RUN_KEY, ResumeProblem, choose_last, explicit_resume_warning, flatten, new_run_id, read_run,
+                        run_length_problem)
+from lightning_modules.checkpoint_io import CheckpointSpaceError
 
 
 def default_precision() -> str:
     return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
-
-
-def newest_last_checkpoint(root: str | os.PathLike) -> str:
-    """The most recently written `last.ckpt` under `root` (any logger version), or a clear error."""
-    candidates = sorted(Path(root).glob("**/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise FileNotFoundError(f"--ckpt_path last: no last.ckpt under trainer.default_root_dir={root}; "
-                                "pass the checkpoint's path, or drop --ckpt_path to start a new run.")
-    return str(candidates[-1])
-
-
-def wandb_offline_reason(init_args: Namespace) -> str | None:
-    """Why this WandbLogger, set to log online, cannot (no API key, no network, host unreachable, key refused).
-
-    Asked before the logger is built, on rank 0 only (the others never start a run), because `wandb.init` itself
-    only gives up after retrying for its `init_timeout` (90 s), and then fails inside `trainer.fit`;
-    `wandb.login(verify=True)` asks the server once and fails within `WANDB_HTTP_TIMEOUT` (10 s). It never prompts
-    and writes no key.
-    """
-    offline_mode = os.environ.get("WANDB_MODE", "online") in ("offline", "dryrun", "disabled")
-    if init_args.get("offline") or offline_mode or rank_zero_only.rank != 0:
-        return None
-    import wandb  # here, not at the top: only online runs pay for it
-
-    if wandb.run is not None:
-        return None  # a run already exists in this process: the logger attaches to it
-    try:
-        return None if wandb.login(verify=True, prompt=False) else "no API key: set WANDB_API_KEY or run `wandb login`"
-    except wandb.errors.Error as error:  # AuthenticationError (key refused, host unreachable), UsageError
-        return str(error).splitlines()[0]
 
 
 class ExplainingArgumentParser(LightningArgumentParser):
@@ -103,24 +69,41 @@ class ExplainingArgumentParser(LightningArgumentParser):
         stop(explain_config_error(message, self.option_names()))
 
 
-def stop(sentence: str, error: Exception | None = None) -> NoReturn:
-    """Ends the run on bad input: the sentence on stderr, exit status 2 (`JSONARGPARSE_DEBUG=1`: the traceback)."""
+def stop(sentence: str, error: Exception | None = None, status: int = 2) -> NoReturn:
+    """Ends the run on bad input (status 2) or on a condition it cannot go on in (status 1, e.g. a full disk): the
+    sentence on stderr, no traceback (`JSONARGPARSE_DEBUG=1`: the traceback)."""
     if error is not None and debug_mode_active():
         raise error
     sys.stderr.write(f"cli.py: error: {sentence}\n")
-    sys.exit(2)
+    sys.exit(status)
 
 
 class LoggedSaveConfigCallback(SaveConfigCallback):
-    """Saves config.yaml in the run's log dir (beside `checkpoints/`) and sends the whole config to the loggers."""
+    """Saves config.yaml in the run's log dir (beside `checkpoints/`), sends the whole config to the loggers, and
+    writes the run's record into every checkpoint (`cli_resume.RUN_KEY`: what a resume needs to find this run and
+    continue it — the config as YAML, the run id, the world size, the CSV version, the parent run)."""
+
+    run: dict[str, Any] = {}  # {"id": ..., "parent": ...}, set by the CLI before `fit`
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         config = self.config.as_dict()
+        if self.run:
+            config["run"] = dict(self.run)
         for logger in trainer.loggers:
             logger.log_hyperparams(config)
 
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        csv_versions = [logger.version for logger in trainer.loggers if isinstance(logger, CSVLogger)]
+        checkpoint[RUN_KEY] = {**self.run, "config": self.parser.dump(self.config, skip_unset=False),
+                               "world_size": trainer.world_size,
+                               "csv_version": csv_versions[0] if csv_versions else None}
+
 
 class SuperconvergenceCLI(LightningCLI):
+    checkpoint: dict | None = None  # ckpt_path, read once (tensors memory-mapped) for the checks before the run
+    resumed: dict | None = None  # the run record of the checkpoint a `fit` resumes (cli_resume.read_run)
+    run: dict[str, Any] = {}  # this fit's run id and parent, for the checkpoints and the loggers
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Facts the data knows and the net needs; a link whose source or target the chosen classes lack is skipped.
         parser.link_arguments("data.num_classes", "model.init_args.net.init_args.num_classes", apply_on="instantiate")
@@ -132,7 +115,10 @@ class SuperconvergenceCLI(LightningCLI):
             help="After `fit`, evaluate the final weights on the test split (test/acc, test/acc_tta).",
         )
 
-    checkpoint: dict | None = None  # ckpt_path, read once (tensors memory-mapped) for the checks before the run
+    def flat_config(self, config: Namespace) -> dict[str, Any]:
+        """The subcommand's config as config.yaml would hold it, flattened (`cli_resume.flatten`)."""
+        dumped = self._parser(self.config.get("subcommand")).dump(config, skip_unset=False, skip_validation=True)
+        return flatten(yaml.safe_load(dumped))
 
     def read_matching_checkpoint(self, path: str, config: Namespace) -> dict:
         """The checkpoint at `path`, or a stop if it is unreadable or was saved by another model or net."""
@@ -143,14 +129,61 @@ class SuperconvergenceCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         """Lightning merges the checkpoint's hyperparameters into the config here, before any hook of ours: read
-        the checkpoint first, so an unreadable one, or one of another model, is refused in one sentence."""
+        the checkpoint first, so an unreadable one, or one of another model, is refused in one sentence, and say
+        which of the config's values the checkpoint's replace."""
         config = self.config.get(self.config.get("subcommand") or "", None)
         path = config.get("ckpt_path") if config else None
         if path and Path(path).is_file():
             self.checkpoint = self.read_matching_checkpoint(path, config)
+            if self.config.subcommand == "fit" and (warning := explicit_resume_warning(read_run(path),
+                                                                                        self.flat_config(config))):
+                warnings.warn(warning, stacklevel=2)
             if config.get("weights_only") is False:
                 return  # Lightning would read the hyperparameters with weights_only=True; keep the config's own
         super()._parse_ckpt_path()
+
+    def resume_source(self, config: Namespace, root: str) -> str | None:
+        """The checkpoint this `fit` continues: `--ckpt_path` (`last` resolved to this experiment's), or the
+        `hpc_ckpt_N.ckpt` Lightning restores by itself after a SLURM requeue."""
+        path = config.get("ckpt_path")
+        if path == "last":
+            try:
+                config.ckpt_path = path = choose_last(root, self.flat_config(config))["path"]
+            except ResumeProblem as problem:
+                stop(str(problem), problem)
+        if path in (None, "hpc"):
+            hpc = sorted(Path(root).glob("hpc_ckpt_*.ckpt"), key=lambda p: int(p.stem.rsplit("_", 1)[-1]))
+            path = str(hpc[-1]) if hpc else None
+        return path if path and Path(path).is_file() else None
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand, self.config)
+        root = config.trainer.default_root_dir or os.getcwd()
+        if problem := run_config_problem(config, self.subcommand, root):
+            stop(problem)
+        if self.subcommand == "fit":
+            source = self.resume_source(config, root)
+            self.resumed = read_run(source) if source else None
+            self.run = {"id": (self.resumed or {}).get("id") or new_run_id()}
+            if self.resumed and self.resumed.get("parent"):
+                self.run["parent"] = self.resumed["parent"]
+        elif config.get("ckpt_path") == "last":
+            try:
+                config.ckpt_path = choose_last(root, self.flat_config(config))["path"]
+            except ResumeProblem as problem:
+                stop(str(problem), problem)
+        if self.subcommand and config.get("weights_only") is None:
+            config.weights_only = True  # tensors and plain values only: a checkpoint cannot run code when loaded
+        # Let the flags win over callbacks in the YAML that would otherwise refuse to start.
+        unwanted = []
+        if config.trainer.enable_progress_bar is False:
+            unwanted.append("ProgressBar")
+        if config.trainer.logger is False:
+            unwanted.append("LearningRateMonitor")
+        config.trainer.callbacks = [
+            cb for cb in config.trainer.callbacks or [] if not any(cb.class_path.endswith(u) for u in unwanted)
+        ]
+        prepare_loggers(config, root, self.run.get("id"), self.resumed)
 
     def instantiate_classes(self) -> None:
         try:
@@ -181,9 +214,32 @@ class SuperconvergenceCLI(LightningCLI):
             self.checkpoint = None  # Lightning loads it again itself; let the mapping go
             if problem := state_problem(ckpt_path, checkpoint, self.model, self.datamodule):
                 stop(problem)
+        if stage == "fit" and self.resumed and (problem := run_length_problem(
+                self.resumed, self.flat_config(config), self.trainer.world_size)):
+            stop(problem)
+        if stage == "fit" and not self.resumed and (weights := getattr(self.model, "init_weights", None)):
+            self.check_init_weights(weights, config)
+
+    def check_init_weights(self, path: str, config: Namespace) -> None:
+        """`init_weights` must be a readable checkpoint of this net (and, for text, of this vocabulary)."""
+        checkpoint = self.read_matching_checkpoint(path, config)
+        if problem := state_problem(path, checkpoint, self.model, self.datamodule):
+            stop(problem.replace("ckpt_path", "model.init_args.init_weights", 1))
+        parent = read_run(path)
+        self.run["parent"] = {"checkpoint": str(Path(path).resolve()), "run_id": parent["id"],
+                              "global_step": parent["global_step"]}
 
     def before_fit(self) -> None:
         self.check_data_and_checkpoint("fit")
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, LoggedSaveConfigCallback):
+                callback.run = dict(self.run)
+
+    def fit(self, **kwargs: Any) -> None:
+        try:
+            self.trainer.fit(**kwargs)
+        except CheckpointSpaceError as error:
+            stop(str(error), error, status=1)
 
     def before_validate(self) -> None:
         self.check_data_and_checkpoint("validate")
@@ -194,43 +250,6 @@ class SuperconvergenceCLI(LightningCLI):
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit") and not self.trainer.interrupted:
             self.trainer.test(self.model, datamodule=self.datamodule)
-
-    def before_instantiate_classes(self) -> None:
-        config = self.config.get(self.subcommand, self.config)
-        root = config.trainer.default_root_dir or os.getcwd()
-        if problem := run_config_problem(config, self.subcommand, root):
-            stop(problem)
-        if config.get("ckpt_path") == "last":
-            try:
-                config.ckpt_path = newest_last_checkpoint(root)
-            except FileNotFoundError as error:
-                stop(str(error), error)
-        if self.subcommand and config.get("weights_only") is None:
-            config.weights_only = True  # tensors and plain values only: a checkpoint cannot run code when loaded
-        # Let the flags win over callbacks in the YAML that would otherwise refuse to start.
-        unwanted = []
-        if config.trainer.enable_progress_bar is False:
-            unwanted.append("ProgressBar")
-        if config.trainer.logger is False:
-            unwanted.append("LearningRateMonitor")
-        config.trainer.callbacks = [
-            cb for cb in config.trainer.callbacks or [] if not any(cb.class_path.endswith(u) for u in unwanted)
-        ]
-        loggers = config.trainer.logger
-        tags = optimizer_tags(config.model.init_args.get("optimizer") if config.get("model") else None)
-        for logger in loggers if isinstance(loggers, list) else [loggers]:
-            init_args = getattr(logger, "init_args", None)
-            if init_args is None:
-                continue
-            if init_args.get("save_dir") in (None, ".", ""):
-                init_args["save_dir"] = root
-            if logger.class_path.endswith("WandbLogger"):
-                init_args["tags"] = list(dict.fromkeys([*(init_args.get("tags") or []), *tags]))
-                if reason := wandb_offline_reason(init_args):
-                    warnings.warn(f"trainer.logger WandbLogger: online logging cannot start ({reason}); this run logs "
-                                  f"offline under {init_args['save_dir']}/wandb instead, upload it later with "
-                                  "`wandb sync <that folder>/offline-run-*`.", stacklevel=2)
-                    init_args["offline"], init_args["mode"] = True, "offline"  # mode: wandb.login has read the env
 
 
 def main(args: list[str] | None = None, run: bool = True) -> SuperconvergenceCLI:

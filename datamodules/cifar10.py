@@ -2,20 +2,28 @@
 
 Why no per-sample pipeline: the whole dataset is 180 MB of uint8, so each batch is one fancy-index of a tensor
 (`TensorBatchDataset.__getitems__`) and the random crop/flip runs on the GPU (`on_after_batch_transfer`). No
-DataLoader workers are needed (`num_workers: 0` is the fast default). Under DDP Lightning swaps the shuffling
-sampler for a `DistributedSampler`, so each rank sees a distinct shard of every epoch.
+DataLoader workers are needed (`num_workers: 0` is the fast default).
+
+Training order: a `DistributedSampler` built here, for one process too — each epoch is the permutation seeded with
+`seed_everything`'s seed + epoch (`PL_GLOBAL_SEED`, as Lightning's own DDP sampler), and each rank takes its
+distinct shard of it. Since it is already a DistributedSampler, Lightning injects none under DDP, so the loader
+is not re-created. That makes the order replayable, and the loader (`ResumableDataLoader`) saves its position in
+every checkpoint: a run resumed mid-epoch trains exactly the batches the uninterrupted run would have.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamodules import cifar10_files
 from datamodules.batch_augment import normalize, random_crop_flip
+from datamodules.resumable_loader import ResumableDataLoader, TrainLoaderPosition
 
 # Channel statistics the seed normalised with (sgugger/Adam-experiments train_cifar10.py).
 CIFAR10_MEAN = (0.4914, 0.48216, 0.44653)
@@ -88,6 +96,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         self.mean = torch.tensor(CIFAR10_MEAN)
         self.std = torch.tensor(CIFAR10_STD)
         self.train_set = self.val_set = self.test_set = None
+        self.train_position = TrainLoaderPosition()
 
     def prepare_data(self) -> None:
         if self.download:
@@ -114,29 +123,34 @@ class CIFAR10DataModule(pl.LightningDataModule):
     def _dataset(images: np.ndarray, labels: np.ndarray) -> TensorBatchDataset:
         return TensorBatchDataset(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels))
 
-    def _loader(self, dataset: TensorBatchDataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=_already_batched,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
-        )
+    def _loader_options(self) -> dict[str, Any]:
+        return {"num_workers": self.num_workers, "collate_fn": _already_batched,
+                "pin_memory": torch.cuda.is_available(), "persistent_workers": self.num_workers > 0}
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableDataLoader:
         if len(self.train_set) < self.batch_size:
             raise ValueError(
                 f"data.batch_size {self.batch_size} is larger than the {len(self.train_set)} training images; lower it."
             )
-        return self._loader(self.train_set, self.batch_size, shuffle=True)
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+        sampler = DistributedSampler(self.train_set, num_replicas=world_size, rank=rank, shuffle=True,
+                                     seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))  # Lightning's DDP default
+        return self.train_position.hand_to(
+            ResumableDataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, **self._loader_options()))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, self.eval_batch_size, shuffle=False)
+        return DataLoader(self.val_set, batch_size=self.eval_batch_size, **self._loader_options())
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+        return DataLoader(self.test_set, batch_size=self.eval_batch_size, **self._loader_options())
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's position travels with every checkpoint (`datamodules/resumable_loader.py`)."""
+        position = self.train_position.state_dict(self.trainer)
+        return {"train_position": position} if position is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.train_position.load_state_dict(state_dict.get("train_position"), self.trainer)
 
     def augment(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The training augmentation on a normalised batch: random crop after reflect-padding, random h-flip.

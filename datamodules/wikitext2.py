@@ -11,6 +11,10 @@ Two choices made for exact schedules and DDP:
   covered all of it with ~2.5% more, variable, steps);
 - the lengths come from a generator seeded with `seed + epoch`, identical on every rank, and under DDP each rank
   takes its own contiguous part of the stream — so all ranks run the same number of steps (a mismatch hangs DDP).
+
+Because an epoch's batches are a function of `seed + epoch`, the training loader (`ResumableDataLoader`) saves
+its position in every checkpoint — the epoch and the batches done in it — and a mid-epoch resume replays that
+epoch's lengths up to there: the same next batch at the same stream offset, as in the uninterrupted run.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules import wikitext2_files as files
+from datamodules.resumable_loader import ResumableDataLoader, TrainLoaderPosition
 
 
 def draw_seq_len(generator: torch.Generator, bptt: int) -> int:
@@ -52,6 +57,11 @@ class StreamBatches(IterableDataset):
         self.data, self.bptt, self.random_lengths, self.seed = data, bptt, random_lengths, seed
         self.epoch_fn = epoch_fn or (lambda: 0)
 
+    @property
+    def epoch(self) -> int:
+        """The epoch whose lengths the next iteration draws (the trainer's current epoch)."""
+        return self.epoch_fn()
+
     def __len__(self) -> int:
         usable = self.data.shape[1] - 1
         return max(usable // self.bptt, 1) if self.random_lengths else -(-usable // self.bptt)
@@ -65,7 +75,7 @@ class StreamBatches(IterableDataset):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         start, last = 0, self.data.shape[1] - 1
-        for seq_len in self.lengths(self.epoch_fn()):
+        for seq_len in self.lengths(self.epoch):
             if start >= last:  # the draws ran past the end of the rows (rare): begin again at the start
                 start = 0
             seq_len = min(seq_len, last - start)
@@ -118,6 +128,7 @@ class WikiText2DataModule(pl.LightningDataModule):
         self.vocab = files.build_vocab(files.read_tokens(self.folder / train_file))
         self.vocab_size = len(self.vocab)
         self.streams: dict[str, torch.Tensor] = {}
+        self.train_position = TrainLoaderPosition()
 
     def setup(self, stage: str | None = None) -> None:
         wanted = {"fit": ("train", "valid"), "validate": ("valid",), "test": ("test",)}.get(stage, ("train", "valid", "test"))
@@ -129,20 +140,18 @@ class WikiText2DataModule(pl.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def _loader(self, dataset: StreamBatches) -> DataLoader:
-        # Batches are slices of one tensor: no workers, no collation, no sampler for Lightning to replace.
-        return DataLoader(dataset, batch_size=None, num_workers=0)
-
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableDataLoader:
         rank, world = self._rank()
         rows = batchify(self.streams["train"], self.batch_size, rank, world)
         epoch_fn = (lambda: self.trainer.current_epoch) if self.trainer is not None else None
-        return self._loader(StreamBatches(rows, self.bptt, random_lengths=True, seed=self.seed, epoch_fn=epoch_fn))
+        batches = StreamBatches(rows, self.bptt, random_lengths=True, seed=self.seed, epoch_fn=epoch_fn)
+        # Batches are slices of one tensor: no workers, no collation, no sampler for Lightning to replace.
+        return self.train_position.hand_to(ResumableDataLoader(batches, batch_size=None, num_workers=0))
 
     def _eval_loader(self, split: str) -> DataLoader:
         rank, world = self._rank()
         rows = batchify(self.streams[split], self.eval_batch_size, rank, world)
-        return self._loader(StreamBatches(rows, self.eval_bptt, random_lengths=False))
+        return DataLoader(StreamBatches(rows, self.eval_bptt, random_lengths=False), batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("valid")
@@ -151,10 +160,13 @@ class WikiText2DataModule(pl.LightningDataModule):
         return self._eval_loader("test")
 
     def state_dict(self) -> dict:
-        """The vocabulary travels with every checkpoint, so a resumed or reloaded model reads the same ids."""
-        return {"vocab": self.vocab}
+        """The vocabulary travels with every checkpoint, so a resumed or reloaded model reads the same ids; so does
+        the training loader's position (`datamodules/resumable_loader.py`)."""
+        position = self.train_position.state_dict(self.trainer)
+        return {"vocab": self.vocab, **({"train_position": position} if position is not None else {})}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        self.train_position.load_state_dict(state_dict.get("train_position"), self.trainer)
         saved = state_dict.get("vocab")
         if saved is not None and saved != self.vocab:
             raise ValueError(

@@ -5,7 +5,8 @@ from lightning_modules.image_classifier import ImageClassifier
 from lightning_modules.language_model import LanguageModel
 from lightning_modules.nan_guard import NaNGuard
 from lightning_modules.preemption import PreemptionCheckpoint
+from lightning_modules.resumable_loggers import ResumableCSVLogger, ResumableWandbLogger
 from lightning_modules.rng_state import RNGStateCheckpoint
 
 __all__ = ["AtomicCheckpointIO", "ElapsedTime", "ImageClassifier", "LanguageModel", "NaNGuard", "PreemptionCheckpoint",
-           "RNGStateCheckpoint"]
+           "RNGStateCheckpoint", "ResumableCSVLogger", "ResumableWandbLogger"]

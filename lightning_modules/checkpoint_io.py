@@ -14,14 +14,17 @@ Here, for local paths: the checkpoint is streamed by `torch.save` into `<name>.t
 (so no second copy in memory and no $TMPDIR), flushed and fsync'ed, then `os.replace`d onto `<name>` — one atomic
 rename on the same filesystem — and the folder is fsync'ed so the rename survives a power loss. A failed write
 removes its temporary file and leaves the previous checkpoint untouched. A SIGKILL during the write cannot clean
-up: it leaves `<name>.tmp` beside an intact `<name>`, and the next save of that name overwrites it. Remote paths
+up: it leaves `<name>.tmp` beside an intact `<name>`, and the next save of that name overwrites it. A full disk
+raises `CheckpointSpaceError` (folder, MiB needed and free), which `cli.py` reports in one sentence. Remote paths
 (s3://, gs://, ...) go through Lightning's save: object stores publish an object whole or not at all.
 Every task config uses it (`trainer.plugins`); `trainer.save_checkpoint` from any callback goes through it.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +49,36 @@ def _fsync_folder(folder: Path) -> None:
     os.close(descriptor)
 
 
+class CheckpointSpaceError(OSError):
+    """The disk filled up while a checkpoint was written; the message says where, how much, and that the previous
+    checkpoint of that name is intact. `cli.py` ends the run with it in one sentence."""
+
+
+def tensor_bytes(tree: Any) -> int:
+    """Bytes of every tensor in a checkpoint: about what its file needs (the pickled rest is small)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.numel() * tree.element_size()
+    if isinstance(tree, dict):
+        return sum(tensor_bytes(value) for value in tree.values())
+    if isinstance(tree, (list, tuple)):
+        return sum(tensor_bytes(value) for value in tree)
+    return 0
+
+
+def _space_error(path: Path, checkpoint: dict[str, Any], error: OSError) -> CheckpointSpaceError:
+    needed, free = tensor_bytes(checkpoint) / 2**20, shutil.disk_usage(path.parent).free / 2**20
+    kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+    return CheckpointSpaceError(
+        error.errno, f"the disk holding {path.parent} is full: writing {path.name} needs about {needed:,.0f} MiB and "
+        f"{free:,.0f} MiB are free ({kept}); free some space, or put the run on another disk with "
+        "--trainer.default_root_dir DIR, then resume with --ckpt_path last")
+
+
 def atomic_torch_save(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
-    """`torch.save` to `<path>.tmp` in the same folder, fsync, then rename onto `path`; on failure remove the temp."""
+    """`torch.save` to `<path>.tmp` in the same folder, fsync, then rename onto `path`; on failure remove the temp.
+
+    A full disk (or a quota reached) is raised as `CheckpointSpaceError`, after the temporary file is removed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(path.name + TEMP_SUFFIX)
@@ -57,8 +88,12 @@ def atomic_torch_save(checkpoint: dict[str, Any], path: str | os.PathLike) -> No
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as error:
         temp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _space_error(path, checkpoint, error) from error
+        if isinstance(error, RuntimeError) and "No space left on device" in str(error):  # torch.save's own write
+            raise _space_error(path, checkpoint, OSError(errno.ENOSPC, str(error))) from error
         raise
     _fsync_folder(path.parent)
 

@@ -26,6 +26,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_modules.compile import compile_net
 from lightning_modules.hparams import save_hyperparameters_for_reload
+from lightning_modules.net_weights import load_net_weights
 from optim import FinetuneStage, OneCycleLR, apply_lr_multipliers, as_stages, param_groups, set_trainable, stage_at_epoch
 
 STAGE_CHECKPOINT_KEY = "finetune_stage"
@@ -56,6 +57,8 @@ class ImageClassifier(pl.LightningModule):
         stages: fine-tuning stages (see `optim.FinetuneStage`), each its own optimizer and 1cycle over its own
             epochs; they add up to `trainer.max_epochs` (fewer stops early), and the net needs `layer_groups()`. Each stage's
             `lr` replaces the optimizer's. null: one stage, everything trainable, the optimizer's lr.
+        init_weights: a checkpoint whose net weights a new `fit` starts from, with a fresh optimizer and 1cycle
+            (`lightning_modules/net_weights.py`); ignored when the fit resumes a checkpoint.
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class ImageClassifier(pl.LightningModule):
         channels_last: bool | None = None,
         stages: list[FinetuneStage] | None = None,
         compile: bool = False,
+        init_weights: str | None = None,
     ):
         super().__init__()
         save_hyperparameters_for_reload(self)
@@ -78,6 +82,7 @@ class ImageClassifier(pl.LightningModule):
         self.decay_norm_and_bias, self.channels_last = decay_norm_and_bias, channels_last
         self.uses_channels_last = False  # decided in `setup`, once the device is known
         self.compile_enabled = compile  # not `self.compile`: that is nn.Module's method
+        self.init_weights = init_weights
         self.stages = as_stages(stages)
         self.active_stage = 0  # index into `stages` whose optimizer currently exists (saved in checkpoints)
         if self.stages is not None and not callable(getattr(net, "layer_groups", None)):
@@ -97,6 +102,8 @@ class ImageClassifier(pl.LightningModule):
         return last_linear[-1].out_features
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.init_weights and self.trainer.ckpt_path is None:
+            load_net_weights(self.net, self.init_weights)
         # Runs before Lightning moves the model to its device (a move keeps the memory format), so ask the
         # strategy where the model is going rather than where it is.
         on_cuda = self.trainer.strategy.root_device.type == "cuda"

@@ -21,6 +21,7 @@ from torchmetrics.aggregation import MeanMetric
 
 from lightning_modules.compile import compile_net
 from lightning_modules.hparams import save_hyperparameters_for_reload
+from lightning_modules.net_weights import load_net_weights
 from lightning_modules.nets.awd_lstm import detach_state
 from lightning_modules.neural_cache import NeuralCache
 from optim import RNNOneCycleLR
@@ -47,6 +48,8 @@ class LanguageModel(pl.LightningModule):
         compile: `torch.compile` the net in place (`lightning_modules/compile.py`), with shapes dynamic from the
             start since every batch has its own length; the same outputs and state_dict keys. On CPU expect
             little from it: the LSTM and QRNN recurrences stay eager.
+        init_weights: a checkpoint whose net weights a new `fit` starts from, with a fresh optimizer and 1cycle
+            (`lightning_modules/net_weights.py`); ignored when the fit resumes a checkpoint.
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class LanguageModel(pl.LightningModule):
         cache_lambda: float = 0.1279,
         cache_in_validation: bool = False,
         compile: bool = False,
+        init_weights: str | None = None,
     ):
         super().__init__()
         save_hyperparameters_for_reload(self)
@@ -76,12 +80,15 @@ class LanguageModel(pl.LightningModule):
         self.alpha, self.beta, self.bptt = alpha, beta, bptt
         self.cache_enabled, self.cache_in_validation = cache, cache_in_validation
         self.compile_enabled = compile  # not `self.compile`: that is nn.Module's method
+        self.init_weights = init_weights
         self.cache_settings = dict(window=cache_window, theta=cache_theta, lambdah=cache_lambda)
         self.losses = nn.ModuleDict({name: MeanMetric() for name in ("val", "test", "val_cache", "test_cache")})
         self.hidden = None  # the state carried across batches of the current loop
         self.cache: NeuralCache | None = None
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.init_weights and self.trainer.ckpt_path is None:
+            load_net_weights(self.net, self.init_weights)
         if self.compile_enabled:
             compile_net(self.net, dynamic=True)
 

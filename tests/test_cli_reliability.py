@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from pytorch_lightning.loggers import WandbLogger
 
 import cli
+import cli_loggers
 from tests.conftest import REPO, TINY_WRN_ARGS
 from tests.lightning_modules.test_preemption import StepsTaken
 from tests.wandb_records import logged_metrics
@@ -45,7 +47,7 @@ def test_wandb_falls_back_to_offline_when_its_host_is_unreachable(cifar_dir, tmp
         wandb.finish()
         wandb.teardown()  # and forget it again, so later tests see their own WANDB_MODE
     assert checked_in < 30, f"the W&B check took {checked_in:.0f} s"
-    assert type(wandb_logger).__name__ == "WandbLogger"
+    assert isinstance(wandb_logger, WandbLogger)
     run_files = list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(run_files) == 1
     assert len(logged_metrics(run_files[0])["train/loss"]) == 5
@@ -55,9 +57,9 @@ def test_wandb_check_is_skipped_when_offline_is_asked_for(monkeypatch):
     from jsonargparse import Namespace
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    assert cli.wandb_offline_reason(Namespace(offline=True)) is None
+    assert cli_loggers.wandb_offline_reason(Namespace(offline=True)) is None
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert cli.wandb_offline_reason(Namespace(offline=False)) is None
+    assert cli_loggers.wandb_offline_reason(Namespace(offline=False)) is None
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 120) -> None:

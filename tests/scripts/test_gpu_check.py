@@ -85,7 +85,7 @@ def test_the_runs_are_the_seeds_with_the_fast_gpu_settings(tmp_path, cifar_dir, 
         assert any(isinstance(c, ElapsedTime) for c in run.trainer.callbacks)
         assert run.trainer.default_root_dir == str(tmp_path / name)
         assert [type(logger).__name__ for logger in run.trainer.loggers] == (
-            ["CSVLogger", "WandbLogger"] if wandb_there else ["CSVLogger"])
+            ["ResumableCSVLogger", "ResumableWandbLogger"] if wandb_there else ["ResumableCSVLogger"])
 
 
 def test_a_child_past_its_deadline_is_stopped_and_the_check_goes_on(tmp_path):

@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 import yaml
+from pytorch_lightning.loggers import CSVLogger
 
 from scripts import study as study_script
 from scripts import study_report
@@ -90,5 +91,5 @@ def test_a_study_run_parses_and_is_grouped_on_wandb(tmp_path, cifar_dir):
     study = study_script.load_study(write_study(tmp_path / "s.yaml", cifar_dir))
     run = cli.main(study_script.combinations(study, tmp_path)[2]["args"], run=False)
     csv_logger, wandb_logger = run.trainer.loggers
-    assert wandb_logger._wandb_init["group"] == "tiny" and type(csv_logger).__name__ == "CSVLogger"
+    assert wandb_logger._wandb_init["group"] == "tiny" and isinstance(csv_logger, CSVLogger)
     assert type(run.model.optimizer_factory([__import__("torch").nn.Parameter(__import__("torch").zeros(1))])).__name__ == "SGD"

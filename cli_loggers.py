@@ -1,0 +1,80 @@
+"""How `cli.py` sets up the loggers before they are built: where they write, what W&B is told, and how a resumed
+run's loggers continue that run.
+
+- A logger without its own `save_dir` (or with ".") writes under `--trainer.default_root_dir`, like checkpoints.
+- W&B runs are tagged with the optimizer and its weight-decay mode (adamw/adam/sgd, amsgrad, decoupled-wd/l2-wd),
+  so dashboards group runs without edits.
+- A W&B logger asked to log online falls back to offline, with a warning, when online logging cannot start.
+- `fit` gives the W&B run the run's id (new, or the resumed checkpoint's); resuming sets the CSV logger's version
+  to the checkpoint's and both loggers' `resume_step` (see `lightning_modules/resumable_loggers.py`).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+from jsonargparse import Namespace
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+
+def optimizer_tags(optimizer: Namespace | None) -> list[str]:
+    """W&B tags naming the optimizer and its weight-decay mode, so dashboards can group runs without edits."""
+    if optimizer is None or not hasattr(optimizer, "class_path"):
+        return []
+    name = optimizer.class_path.rsplit(".", 1)[-1].lower()
+    init_args = optimizer.get("init_args") or Namespace()
+    tags = [name]
+    if init_args.get("amsgrad"):
+        tags.append("amsgrad")
+    if init_args.get("weight_decay"):
+        tags.append("decoupled-wd" if name == "adamw" else "l2-wd")
+    return tags
+
+
+def wandb_offline_reason(init_args: Namespace) -> str | None:
+    """Why this WandbLogger, set to log online, cannot (no API key, no network, host unreachable, key refused).
+
+    Asked before the logger is built, on rank 0 only (the others never start a run), because `wandb.init` itself
+    only gives up after retrying for its `init_timeout` (90 s), and then fails inside `trainer.fit`;
+    `wandb.login(verify=True)` asks the server once and fails within `WANDB_HTTP_TIMEOUT` (10 s). It never prompts
+    and writes no key.
+    """
+    offline_mode = os.environ.get("WANDB_MODE", "online") in ("offline", "dryrun", "disabled")
+    if init_args.get("offline") or offline_mode or rank_zero_only.rank != 0:
+        return None
+    import wandb  # here, not at the top: only online runs pay for it
+
+    if wandb.run is not None:
+        return None  # a run already exists in this process: the logger attaches to it
+    try:
+        return None if wandb.login(verify=True, prompt=False) else "no API key: set WANDB_API_KEY or run `wandb login`"
+    except wandb.errors.Error as error:  # AuthenticationError (key refused, host unreachable), UsageError
+        return str(error).splitlines()[0]
+
+
+def prepare_loggers(config: Namespace, root: str, run_id: str | None, resumed: dict[str, Any] | None) -> None:
+    """Fill in the loggers' init args in `config` (see the module docstring); `run_id` only for `fit`."""
+    loggers = config.trainer.logger
+    tags = optimizer_tags(config.model.init_args.get("optimizer") if config.get("model") else None)
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        init_args = getattr(logger, "init_args", None)
+        if init_args is None:
+            continue
+        if init_args.get("save_dir") in (None, ".", ""):
+            init_args["save_dir"] = root
+        resumable = logger.class_path.rsplit(".", 1)[-1].startswith("Resumable")
+        if logger.class_path.endswith("CSVLogger") and resumed and resumable and resumed["csv_version"] is not None:
+            init_args["version"], init_args["resume_step"] = resumed["csv_version"], resumed["global_step"]
+        if not logger.class_path.endswith("WandbLogger"):
+            continue
+        init_args["tags"] = list(dict.fromkeys([*(init_args.get("tags") or []), *tags]))
+        if run_id and not init_args.get("id") and not init_args.get("version"):
+            init_args["id"] = run_id
+            if resumed and resumable:
+                init_args["resume_step"] = resumed["global_step"]
+        if reason := wandb_offline_reason(init_args):
+            warnings.warn(f"trainer.logger WandbLogger: online logging cannot start ({reason}); this run logs "
+                          f"offline under {init_args['save_dir']}/wandb instead, upload it later with "
+                          "`wandb sync <that folder>/offline-run-*`.", stacklevel=3)
+            init_args["offline"], init_args["mode"] = True, "offline"  # mode: wandb.login has read the env

@@ -1,0 +1,156 @@
+"""Resuming a run: which checkpoint belongs to this experiment, whether its 1cycle fits the run asked for, and
+what the loggers need to continue the same run (`cli.py` calls these; nothing here builds or writes anything).
+
+Why: several runs often share one `--trainer.default_root_dir` (AdamW wd 0.1 beside wd 0.3 is the ordinary way to
+compare). "The newest last.ckpt" may then be another experiment's: with another optimizer Lightning crashes inside
+its restore, with the same one it silently continues the wrong weights. A checkpoint written by `cli.py` carries
+its run's record (`RUN_KEY`: the resolved config as YAML, the run id its loggers use, the world size, the CSV
+version), so a resume can be matched to the config being run, and the run can keep its W&B run and CSV file.
+
+Keys of the config that say which experiment a run is ("identity") are compared for `--ckpt_path last`; keys that
+may change on resume are ignored: paths, devices and precision, loggers and callbacks, evaluation-only settings
+(TTA, the neural cache), speed-only ones (`compile`, `channels_last`, `num_workers`). The run length — epochs,
+steps, stages, batch size, processes, the training data's size — is checked apart: the saved 1cycle covers a
+fixed number of steps, and a run of another length would crash when it steps past them.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import secrets
+import string
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+RUN_KEY = "superconvergence_run"  # the checkpoint entry that LoggedSaveConfigCallback writes
+RUN_LENGTH_KEYS = ("trainer.max_epochs", "trainer.max_steps", "trainer.accumulate_grad_batches",
+                   "trainer.limit_train_batches", "model.init_args.stages", "data.init_args.batch_size",
+                   "data.init_args.bptt", "data.init_args.train_subset", "data.init_args.val_split")
+IDENTITY_TRAINER_KEYS = ("trainer.gradient_clip_val", "trainer.gradient_clip_algorithm")
+FREE_MODEL_ARGS = ("compile", "channels_last", "tta", "tta_seed", "cache", "cache_window", "cache_theta",
+                   "cache_lambda", "cache_in_validation", "init_weights")
+FREE_DATA_ARGS = ("data_dir", "download", "num_workers", "eval_batch_size", "eval_bptt", "val_file", "test_file")
+SHOWN = 3  # differing keys named per candidate, candidates named per sentence: enough to choose, still one line
+
+
+def new_run_id() -> str:
+    """An id for a new run, in W&B's alphabet and length, shared by its W&B run and its checkpoints."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} → {"a.b": 1}; lists are values (a list of stages or callbacks compares as a whole)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def is_identity_key(key: str) -> bool:
+    """Whether `key` (flattened) says which experiment a run is, beyond its length (see the module docstring)."""
+    if key in RUN_LENGTH_KEYS:
+        return False
+    top, _, rest = key.partition(".")
+    argument = rest.split(".")[1] if rest.startswith("init_args.") and rest.count(".") >= 1 else None
+    if top == "trainer":
+        return key in IDENTITY_TRAINER_KEYS
+    if top == "model":
+        return argument not in FREE_MODEL_ARGS
+    if top == "data":
+        return argument not in FREE_DATA_ARGS
+    return top == "seed_everything"
+
+
+def differences(saved: dict[str, Any], current: dict[str, Any], keys: list[str] | None = None) -> dict[str, tuple]:
+    """{key: (saved value, current value)} over `keys` (default: the identity keys of either config)."""
+    keys = keys if keys is not None else sorted(k for k in saved.keys() | current.keys() if is_identity_key(k))
+    return {key: (saved.get(key), current.get(key)) for key in keys if saved.get(key) != current.get(key)}
+
+
+def describe(diff: dict[str, tuple], limit: int = SHOWN) -> str:
+    shown = [f"{key} {old!r} → {new!r}" for key, (old, new) in list(diff.items())[:limit]]
+    return ", ".join(shown) + (f" and {len(diff) - limit} more" if len(diff) > limit else "")
+
+
+def read_run(path: str | os.PathLike) -> dict[str, Any]:
+    """What a checkpoint says of its run: id, flattened config, world size, CSV version, global step, the total
+    steps of its 1cycle, its date. A checkpoint written before runs were recorded gives its config from the
+    `config.yaml` beside its `checkpoints/` folder, if there is one, and no id."""
+    path = Path(path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    record = dict(checkpoint.get(RUN_KEY) or {})
+    config_text = record.get("config")
+    if config_text is None and (beside := path.parent.parent / "config.yaml").is_file():
+        config_text = beside.read_text()
+    schedulers = checkpoint.get("lr_schedulers") or [{}]
+    return {"path": str(path), "id": record.get("id"), "world_size": record.get("world_size"),
+            "csv_version": record.get("csv_version"), "parent": record.get("parent"),
+            "config": flatten(yaml.safe_load(config_text)) if config_text else None,
+            "global_step": checkpoint.get("global_step"), "total_steps": schedulers[0].get("total_steps"),
+            "date": datetime.datetime.fromtimestamp(path.stat().st_mtime).strftime("%Y-%m-%d %H:%M")}
+
+
+class ResumeProblem(ValueError):
+    """A resume that cannot go ahead, said in one sentence."""
+
+
+def choose_last(root: str | os.PathLike, current: dict[str, Any]) -> dict[str, Any]:
+    """The newest `last.ckpt` under `root` whose run was this experiment (`current`: the flattened config).
+
+    Raises ResumeProblem when none matches, or when the matches belong to several runs (the same config trained
+    twice from scratch): the sentence lists the candidates with their dates and differing keys.
+    """
+    paths = sorted(Path(root).glob("**/last.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if not paths:
+        raise ResumeProblem(f"--ckpt_path last: no last.ckpt under trainer.default_root_dir={root}; pass the "
+                            "checkpoint's path, or drop --ckpt_path to start a new run.")
+    runs = [read_run(path) for path in paths]
+    matches = [run for run in runs if run["config"] is not None and not differences(run["config"], current)]
+    if not matches:
+        listed = "; ".join(f"{run['path']} ({run['date']}): " + (describe(differences(run["config"], current))
+                                                                 if run["config"] else "no saved config")
+                           for run in runs[:SHOWN])
+        raise ResumeProblem(f"--ckpt_path last: none of the {len(runs)} last.ckpt under {root} was trained with "
+                            f"this config — {listed}; resume one with --ckpt_path PATH (its own settings are "
+                            "restored), or drop --ckpt_path to start a new run.")
+    lineages = {run["id"] or run["path"] for run in matches}
+    if len(lineages) > 1:
+        listed = "; ".join(f"{run['path']} ({run['date']}, run {run['id']}, step {run['global_step']})"
+                           for run in matches[:SHOWN])
+        raise ResumeProblem(f"--ckpt_path last: {len(lineages)} runs under {root} were trained with this config — "
+                            f"{listed}; choose one with --ckpt_path PATH.")
+    return matches[0]
+
+
+def run_length_problem(run: dict[str, Any], current: dict[str, Any], world_size: int) -> str | None:
+    """Why resuming `run` with this run length would break its 1cycle, as one sentence; None if it would not.
+
+    With fine-tuning stages the schedule is fixed by the stages, and `trainer.max_epochs` may stop early or
+    finish them, so it is not compared then.
+    """
+    if run["config"] is None:
+        return None
+    keys = [k for k in RUN_LENGTH_KEYS if not (k == "trainer.max_epochs" and current.get("model.init_args.stages"))]
+    diff = differences(run["config"], current, keys)
+    if run["world_size"] is not None and run["world_size"] != world_size:
+        diff["processes (devices × nodes)"] = (run["world_size"], world_size)
+    if not diff:
+        return None
+    covers = f"covers {run['total_steps']} steps" if run["total_steps"] else "was planned for its own run length"
+    return (f"ckpt_path {run['path']}: its 1cycle {covers}, and this run changes the length ({describe(diff, 9)}); "
+            "to finish that schedule, resume with the checkpoint's values; to train on, start a new 1cycle from its "
+            f"weights with --model.init_args.init_weights {run['path']} and no --ckpt_path.")
+
+
+def explicit_resume_warning(run: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """For an explicit `--ckpt_path PATH` trained with another config: which identity keys differ, and what wins."""
+    if run["config"] is None or not (diff := differences(run["config"], current)):
+        return None
+    return (f"ckpt_path {run['path']} was trained with another config ({describe(diff, 5)}); resuming restores its "
+            "model settings, optimizer state and schedule, so model and optimizer values given now are not used "
+            f"— to train with them, start a new 1cycle from its weights: --model.init_args.init_weights {run['path']}.")
