@@ -24,6 +24,7 @@ What it adds to LightningCLI, and why:
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import warnings
@@ -43,6 +44,13 @@ from cli_loggers import prepare_loggers
 from cli_resume import (RUN_KEY, ResumeProblem, choose_last, explicit_resume_warning, flatten, new_run_id, read_run,
                         run_length_problem)
 from lightning_modules.checkpoint_io import CheckpointSpaceError
+
+# Startup noise this project can silence without hiding a real problem (README "A quiet start"): Lightning's
+# advertisement for its hosted logger at every Trainer, and deprecation notices raised inside Lightning itself
+# (its own pytree helper, its own use of jsonargparse's `skip_none`), which no config of ours can act on.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(lambda entry: "litlogger" not in entry.getMessage())
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+warnings.filterwarnings("ignore", message=r"\s*skip_none parameter was deprecated")
 
 
 def default_precision() -> str:

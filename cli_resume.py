@@ -11,7 +11,8 @@ Keys of the config that say which experiment a run is ("identity") are compared 
 may change on resume are ignored: paths, devices and precision, loggers and callbacks, evaluation-only settings
 (TTA, the neural cache), speed-only ones (`compile`, `channels_last`, `num_workers`). The run length — epochs,
 steps, stages, batch size, processes, the training data's size — is checked apart: the saved 1cycle covers a
-fixed number of steps, and a run of another length would crash when it steps past them.
+fixed number of steps, a fixed number per epoch: a run that would step past them crashes, and one with other steps
+per epoch no longer lines its schedule up with its epochs.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ RUN_KEY = "superconvergence_run"  # the checkpoint entry that LoggedSaveConfigCa
 RUN_LENGTH_KEYS = ("trainer.max_epochs", "trainer.max_steps", "trainer.accumulate_grad_batches",
                    "trainer.limit_train_batches", "model.init_args.stages", "data.init_args.batch_size",
                    "data.init_args.bptt", "data.init_args.train_subset", "data.init_args.val_split")
+STOP_KEYS = ("trainer.max_epochs", "trainer.max_steps")  # where the run stops: may be less than planned, not more
 IDENTITY_TRAINER_KEYS = ("trainer.gradient_clip_val", "trainer.gradient_clip_algorithm")
 FREE_MODEL_ARGS = ("compile", "channels_last", "tta", "tta_seed", "cache", "cache_window", "cache_theta",
                    "cache_lambda", "cache_in_validation", "init_weights")
@@ -130,21 +132,34 @@ def choose_last(root: str | os.PathLike, current: dict[str, Any]) -> dict[str, A
 def run_length_problem(run: dict[str, Any], current: dict[str, Any], world_size: int) -> str | None:
     """Why resuming `run` with this run length would break its 1cycle, as one sentence; None if it would not.
 
-    With fine-tuning stages the schedule is fixed by the stages, and `trainer.max_epochs` may stop early or
-    finish them, so it is not compared then.
+    The saved schedule (restored with the optimizer) covers a fixed number of steps, each epoch a fixed number of
+    them. So the steps per epoch must not change (batch size, processes, accumulation, the training data's size,
+    the stages), and the run must not go past the schedule's end (more epochs or steps than it was planned for):
+    `OneCycleLR` raises "Tried to step N times" there. A shorter run is allowed: it stops early with the schedule
+    unchanged, like a time limit, and a later resume with the full length finishes it. With fine-tuning stages
+    the stages fix the schedule and `trainer.max_epochs` only says where to stop, so it is not compared.
     """
-    if run["config"] is None:
+    saved = run["config"]
+    if saved is None:
         return None
-    keys = [k for k in RUN_LENGTH_KEYS if not (k == "trainer.max_epochs" and current.get("model.init_args.stages"))]
-    diff = differences(run["config"], current, keys)
+    diff = differences(saved, current, [key for key in RUN_LENGTH_KEYS if key not in STOP_KEYS])
     if run["world_size"] is not None and run["world_size"] != world_size:
         diff["processes (devices × nodes)"] = (run["world_size"], world_size)
+    epochs_then, epochs_now = saved.get("trainer.max_epochs"), current.get("trainer.max_epochs")
+    if (not current.get("model.init_args.stages") and None not in (epochs_then, epochs_now)
+            and (epochs_now == -1 or epochs_then != -1 and epochs_now > epochs_then)):
+        diff["trainer.max_epochs"] = (epochs_then, epochs_now)
+    steps_then, steps_now = saved.get("trainer.max_steps") or -1, current.get("trainer.max_steps") or -1
+    if (steps_now != -1 and run["total_steps"] and steps_now > run["total_steps"]) or (
+            steps_then != -1 and (steps_now == -1 or steps_now > steps_then)):
+        diff["trainer.max_steps"] = (steps_then, steps_now)
     if not diff:
         return None
     covers = f"covers {run['total_steps']} steps" if run["total_steps"] else "was planned for its own run length"
-    return (f"ckpt_path {run['path']}: its 1cycle {covers}, and this run changes the length ({describe(diff, 9)}); "
-            "to finish that schedule, resume with the checkpoint's values; to train on, start a new 1cycle from its "
-            f"weights with --model.init_args.init_weights {run['path']} and no --ckpt_path.")
+    return (f"ckpt_path {run['path']}: its 1cycle {covers}, and this run changes that ({describe(diff, 9)}); "
+            "to finish that schedule, resume with the checkpoint's values (fewer epochs or steps only stop early); "
+            f"to train on, start a new 1cycle from its weights with --model.init_args.init_weights {run['path']} "
+            "and no --ckpt_path.")
 
 
 def explicit_resume_warning(run: dict[str, Any], current: dict[str, Any]) -> str | None:

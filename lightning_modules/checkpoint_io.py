@@ -67,11 +67,33 @@ def tensor_bytes(tree: Any) -> int:
 
 def _space_error(path: Path, checkpoint: dict[str, Any], error: OSError) -> CheckpointSpaceError:
     needed, free = tensor_bytes(checkpoint) / 2**20, shutil.disk_usage(path.parent).free / 2**20
-    kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
-    return CheckpointSpaceError(
-        error.errno, f"the disk holding {path.parent} is full: writing {path.name} needs about {needed:,.0f} MiB and "
+    last = path.with_name("last.ckpt")
+    kept = (f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+            + (", last.ckpt there is intact" if last.exists() else ""))
+    full = CheckpointSpaceError(
+        f"the disk holding {path.parent} is full: writing {path.name} needs about {needed:,.0f} MiB and "
         f"{free:,.0f} MiB are free ({kept}); free some space, or put the run on another disk with "
         "--trainer.default_root_dir DIR, then resume with --ckpt_path last")
+    full.errno = error.errno
+    return full
+
+
+class _WriteWatcher:
+    """A binary file that remembers why a write failed. `torch.save` reports a failed write as a RuntimeError
+    ("unexpected pos ..."), dropping the OSError whose errno says that the disk is full."""
+
+    def __init__(self, file: Any) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def atomic_torch_save(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
@@ -82,18 +104,19 @@ def atomic_torch_save(checkpoint: dict[str, Any], path: str | os.PathLike) -> No
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(path.name + TEMP_SUFFIX)
+    watcher = None
     try:
         with open(temp, "wb") as file:
-            torch.save(checkpoint, file)
+            watcher = _WriteWatcher(file)
+            torch.save(checkpoint, watcher)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temp, path)
     except BaseException as error:
         temp.unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise _space_error(path, checkpoint, error) from error
-        if isinstance(error, RuntimeError) and "No space left on device" in str(error):  # torch.save's own write
-            raise _space_error(path, checkpoint, OSError(errno.ENOSPC, str(error))) from error
+        cause = error if isinstance(error, OSError) else getattr(watcher, "error", None)
+        if cause is not None and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _space_error(path, checkpoint, cause) from error
         raise
     _fsync_folder(path.parent)
 

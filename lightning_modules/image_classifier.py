@@ -134,7 +134,10 @@ class ImageClassifier(pl.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
-        self.log("train/acc", self.train_acc.compute())  # compute() syncs the state across DDP ranks
+        # An epoch resumed from a checkpoint taken after its last batch trains no batch here: nothing to report
+        # (compute() would warn and log 0).
+        if self.train_acc.update_count > 0:
+            self.log("train/acc", self.train_acc.compute())  # compute() syncs the state across DDP ranks
         self.train_acc.reset()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

@@ -95,7 +95,9 @@ class NaNGuard(pl.Callback):
         checkpoint = last_good_checkpoint(trainer)
         lower_lr = "a lower lr (--model.init_args.optimizer.init_args.lr)"
         if checkpoint:
-            kept = f"the last good checkpoint {checkpoint} is kept: resume from it with `--ckpt_path {checkpoint}` and"
+            # Not `--ckpt_path`: resuming restores the optimizer and its schedule, and with them the lr that diverged.
+            kept = (f"the last good checkpoint {checkpoint} is kept: start a new 1cycle from its weights with "
+                    f"`--model.init_args.init_weights {checkpoint}` and")
         else:
             kept = "there is no last good checkpoint (none yet): restart with"
         if first_bad is not None:

@@ -79,7 +79,7 @@ class PreemptionCheckpoint(pl.Callback):
             return  # nothing trained yet in this stage (or not fitting): the existing last.ckpt stays as it is
         for path in last_checkpoint_paths(trainer):
             partial = f"{path}.partial"
-            trainer.save_checkpoint(partial)
+            trainer.save_checkpoint(partial, weights_only=False)  # the full state (and no "not set" notice)
             if trainer.is_global_zero:
                 Path(partial).replace(path)
             self.saved.append(path)

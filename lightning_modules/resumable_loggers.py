@@ -136,7 +136,7 @@ class ResumableWandbLogger(WandbLogger):
         self.superseded: list[Path] = []
         if self._wandb_init.get("anonymous") is None:
             self._wandb_init.pop("anonymous", None)
-        if "settings" not in self._wandb_init:
+        if self._wandb_init.get("settings") is None:  # (LightningCLI passes every wandb.init argument, as None)
             checkout = Path.cwd()
             self._wandb_init["settings"] = ({"git_root": str(checkout)} if (checkout / ".git").exists()
                                             else {"disable_git": True})
@@ -155,8 +155,11 @@ class ResumableWandbLogger(WandbLogger):
     @property
     @rank_zero_experiment
     def experiment(self) -> Any:
-        replay = self._experiment is None and self.resume_step is not None and self.is_offline()
-        earlier = self.earlier_offline_folders() if replay else []
+        starting = self._experiment is None
+        earlier = self.earlier_offline_folders() if starting and self.resume_step is not None and self.is_offline() \
+            else []
+        if starting:  # online, continue the run of this id on the server; offline W&B would only warn about it
+            self._wandb_init["resume"] = None if self.is_offline() else (self._wandb_init.get("resume") or "allow")
         experiment = super().experiment
         if earlier:
             self._replay(earlier, experiment)

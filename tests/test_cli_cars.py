@@ -77,14 +77,15 @@ def test_fit_runs_both_stages_and_resumes_mid_stage_two_from_last(cars_root, tmp
 
     expected = [lrs for lrs, _ in reference_schedule([0.0, 0.0, 0.01], 2)]
     expected += [lrs for lrs, _ in reference_schedule([0.003 / 9, 0.003 / 3, 0.003], 4)]
-    first_dir, resumed_dir = root / "csv" / "version_0", root / "csv" / "version_1"
-    first_lrs, resumed_lrs = _lr_rows(first_dir / "metrics.csv"), _lr_rows(resumed_dir / "metrics.csv")
-    assert sorted(first_lrs) == list(range(4)) and sorted(resumed_lrs) == [4, 5]
-    for step, lrs in {**first_lrs, **resumed_lrs}.items():
+    run_dir = resumed_dir = root / "csv" / "version_0"  # the resumed run continues its version and metrics.csv
+    assert [p.name for p in (root / "csv").iterdir()] == ["version_0"]
+    lrs_by_step = _lr_rows(run_dir / "metrics.csv")
+    assert sorted(lrs_by_step) == list(range(6))  # steps 0-3 before the stop, 4-5 after it, each once
+    for step, lrs in lrs_by_step.items():
         assert lrs == pytest.approx(expected[step], rel=1e-6, abs=1e-12), f"lrs at step {step}"
 
-    stages = [float(r["train/stage"]) for r in csv.DictReader((first_dir / "metrics.csv").open()) if r["train/stage"]]
-    assert stages == [1.0, 2.0]
+    stages = [float(r["train/stage"]) for r in csv.DictReader((run_dir / "metrics.csv").open()) if r["train/stage"]]
+    assert stages == [1.0, 2.0, 2.0]
     header = (resumed_dir / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"test/acc", "test/acc_tta", "val/acc", "train/stage"} <= set(header)
     state = torch.load(resumed_dir / "checkpoints" / "last.ckpt", weights_only=False)
@@ -96,5 +97,6 @@ def test_fit_runs_both_stages_and_resumes_mid_stage_two_from_last(cars_root, tmp
     assert reloaded.active_stage == 1 and [s.epochs for s in reloaded.stages] == [1, 2]
 
     wandb_runs = sorted(root.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(wandb_runs) == 1  # one W&B run: the first half's history replayed into the resumed one
     history = logged_metrics(wandb_runs[0])
-    assert history["train/stage"] == [1.0, 2.0] and len(history["lr-Adam/pg1"]) == 4
+    assert history["train/stage"] == [1.0, 2.0, 2.0] and len(history["lr-Adam/pg1"]) == 6

@@ -1,6 +1,7 @@
 """cli.py under trouble: W&B unreachable → offline with a warning; SIGTERM → last.ckpt, exit 143, resume goes on."""
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from pytorch_lightning.loggers import WandbLogger
 
 import cli
 import cli_loggers
+from cli_resume import RUN_KEY
 from tests.conftest import REPO, TINY_WRN_ARGS
 from tests.lightning_modules.test_preemption import StepsTaken
 from tests.wandb_records import logged_metrics
@@ -72,29 +74,58 @@ def wait_for(path: Path, process: subprocess.Popen, timeout_s: float = 120) -> N
         time.sleep(0.2)
 
 
+def metric_steps(metrics_csv: Path) -> dict[str, list[int]]:
+    """{metric: the steps it was logged at, in file order} from a CSV logger's metrics.csv."""
+    steps: dict[str, list[int]] = {}
+    with metrics_csv.open() as file:
+        for row in csv.DictReader(file):
+            for key, value in row.items():
+                if value and key not in ("step", "epoch"):
+                    steps.setdefault(key, []).append(int(row["step"]))
+    return steps
+
+
 @pytest.mark.slow
-def test_sigterm_saves_last_ckpt_and_resume_continues(cifar_dir, tmp_path):
+def test_sigterm_saves_last_ckpt_and_the_resumed_run_continues_its_csv_file_and_wandb_run(cifar_dir, tmp_path):
     root = tmp_path / "run"
+    logged_every_step = ["--trainer.log_every_n_steps", "1"]
     command = [sys.executable, "cli.py", "fit", *tiny_cifar_args(cifar_dir, root), "--trainer.max_epochs", "1000",
-               "--trainer.logger", "false"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+               *logged_every_step]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        checkpoint = root / "checkpoints" / "last.ckpt"
+        checkpoint = root / "csv" / "version_0" / "checkpoints" / "last.ckpt"
         wait_for(checkpoint, process)  # epoch 0 is done: training is under way
         process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=60)
+        stdout, stderr = process.communicate(timeout=60)
     finally:
         process.kill()
     assert process.returncode == 143, stderr[-3000:]  # 128 + SIGTERM: interrupted, not finished
     assert "PreemptionCheckpoint: stopped by a signal at global step" in stderr
+    for noise in ("litlogger", "anonymous setting", "git root", "LeafSpec", "`weights_only` was not set"):
+        assert noise not in stdout + stderr, noise  # startup and preemption notices that say nothing useful
     step = int(stderr.split("stopped by a signal at global step ")[1].split(";")[0])
     saved = torch.load(checkpoint, weights_only=False)
     assert saved["global_step"] == step >= 10  # at or after the end of epoch 0 (10 batches), saved on the signal
     assert not list(checkpoint.parent.glob("*.partial"))
 
-    resumed = cli.main(["fit", *tiny_cifar_args(cifar_dir, root), "--trainer.logger", "false",
-                        "--trainer.max_steps", str(step + 2), "--test_after_fit", "false", "--ckpt_path", "last",
-                        "--trainer.callbacks+=tests.lightning_modules.test_preemption.StepsTaken"])
+    import wandb
+
+    try:
+        resumed = cli.main(["fit", *tiny_cifar_args(cifar_dir, root), "--trainer.max_epochs", "1000",
+                            *logged_every_step, "--trainer.max_steps", str(step + 2), "--test_after_fit", "false",
+                            "--ckpt_path", "last", "--trainer.callbacks+=tests.lightning_modules.test_preemption.StepsTaken"])
+    finally:
+        wandb.finish()
     steps = next(cb for cb in resumed.trainer.callbacks if isinstance(cb, StepsTaken))
     assert resumed.trainer.ckpt_path == str(checkpoint)
     assert (steps.first, steps.count, resumed.trainer.global_step) == (step, 2, step + 2)  # continued from the signal
+    # One run for the loggers: the same CSV version, and one W&B offline folder holding both halves.
+    assert [p.name for p in (root / "csv").iterdir()] == ["version_0"]
+    logged = metric_steps(root / "csv" / "version_0" / "metrics.csv")
+    assert logged["train/loss"] == list(range(step + 2))  # every step once, across the stop
+    assert all(len(set(at)) == len(at) for at in logged.values())  # no metric logged twice at one step
+    folders = list((root / "wandb").glob("offline-run-*"))
+    assert len(folders) == 1 and folders[0].name.endswith(saved[RUN_KEY]["id"])
+    history = logged_metrics(next(folders[0].glob("run-*.wandb")))
+    assert sorted(history["trainer/global_step"])[0] == 0 and max(history["trainer/global_step"]) == step + 1
+    assert len(history["train/loss"]) == step + 2

@@ -52,3 +52,34 @@ def test_elapsed_time_grows_per_epoch_and_continues_after_resume(cifar_dir, tmp_
 def test_cifar_config_logs_elapsed_time():
     callbacks = yaml.safe_load((REPO / "configs" / "cifar.yaml").read_text())["trainer"]["callbacks"]
     assert "lightning_modules.ElapsedTime" in [c["class_path"] for c in callbacks]
+
+
+class FakeClock:
+    """perf_counter advancing `step_s` seconds at every read, however fast the machine is."""
+
+    def __init__(self, step_s: float) -> None:
+        self.now, self.step_s = 0.0, step_s
+
+    def __call__(self) -> float:
+        self.now += self.step_s
+        return self.now
+
+
+@pytest.mark.parametrize("seconds_per_read, demo_hint", [(1.0, False), (800.0, True)])
+def test_the_run_time_is_estimated_once_early_and_a_cpu_run_that_is_long_points_to_make_demo(
+        cifar_dir, tmp_path, monkeypatch, seconds_per_read, demo_hint):
+    from lightning_modules import elapsed_time
+
+    monkeypatch.setattr(elapsed_time.time, "perf_counter", FakeClock(seconds_per_read))
+    callback = ElapsedTime()
+    net = WideResNet(num_groups=2, blocks_per_group=1, widen_factor=1)
+    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         callbacks=[callback], enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(ImageClassifier(net, tta=0), CIFAR10DataModule(str(cifar_dir), batch_size=16))  # 5 steps per epoch
+    # one estimate, after step 10: steps 3-10 measured, 15 - 10 steps left; slow on a CPU → the demo is suggested
+    per_step = float(callback.estimate.split("ElapsedTime: ")[1].split(" s per training step")[0])
+    assert per_step > 0 and callback.estimate.count("ElapsedTime") == 1
+    assert f"(steps 3-10 of this process); the remaining 5 steps take about {elapsed_time.duration(5 * per_step)}" \
+        in callback.estimate
+    assert ("`make demo`" in callback.estimate) is demo_hint

@@ -65,7 +65,8 @@ def test_nan_loss_stops_with_step_lr_and_kept_checkpoint(tmp_path, nan_at, every
     lrs = f"lr {0.1 * (nan_at + 1):.4g}, {0.01 * (nan_at + 1):.4g} per param group"
     assert f"loss became nan at global step {nan_at} ({lrs})" in message, message
     assert f"no checkpoint of the diverged weights written, and the last good checkpoint {checkpoint} is kept: " \
-           f"resume from it with `--ckpt_path {checkpoint}` and a lower lr" in message
+           f"start a new 1cycle from its weights with `--model.init_args.init_weights {checkpoint}` and a lower lr" \
+           in message
     assert message.count(". ") == 0 and message.endswith(").")  # one sentence
     saved = torch.load(checkpoint, weights_only=True)
     assert saved["global_step"] == STEPS_PER_EPOCH  # written at the end of epoch 0, not overwritten after the NaN
