@@ -172,7 +172,8 @@ class SuperconvergenceCLI(LightningCLI):
         if self.subcommand == "fit":
             source = self.resume_source(config, root)
             self.resumed = read_run(source) if source else None
-            self.run = {"id": (self.resumed or {}).get("id") or new_run_id()}
+            # A W&B sweep agent names the run itself (WANDB_RUN_ID): keep its id rather than give another.
+            self.run = {"id": (self.resumed or {}).get("id") or os.environ.get("WANDB_RUN_ID") or new_run_id()}
             if self.resumed and self.resumed.get("parent"):
                 self.run["parent"] = self.resumed["parent"]
         elif config.get("ckpt_path") == "last":

@@ -124,8 +124,11 @@ class CIFAR10DataModule(pl.LightningDataModule):
         return TensorBatchDataset(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels))
 
     def _loader_options(self) -> dict[str, Any]:
+        # Each loader has its own generator for its workers' base seed, so making an iterator draws nothing from the
+        # global one: a resumed run makes them at other times (no sanity check, persistent workers started later).
         return {"num_workers": self.num_workers, "collate_fn": _already_batched,
-                "pin_memory": torch.cuda.is_available(), "persistent_workers": self.num_workers > 0}
+                "pin_memory": torch.cuda.is_available(), "persistent_workers": self.num_workers > 0,
+                "generator": torch.Generator().manual_seed(torch.initial_seed())}
 
     def train_dataloader(self) -> ResumableDataLoader:
         if len(self.train_set) < self.batch_size:

@@ -25,6 +25,11 @@ the position in their own `state_dict` (`TrainLoaderPosition`): Lightning restor
 the loaders (after, with `restore_checkpoint_after_setup` strategies; both handled). Loading the same position
 twice, should a later Lightning fix that path, changes nothing.
 
+Random streams: a resumed run makes an iterator the uninterrupted run never made, so making one must not draw from
+the global generator (which RNGStateCheckpoint has put back at the saved point). The loader has its own generator
+for its workers' base seed, and everything — the epoch, the skip, the indices workers prefetch — happens at the
+first batch, after Lightning's `set_epoch` (Lightning makes the iterator before it sets the epoch).
+
 DDP: every rank takes the same steps, so all hold the same position; rank 0's is written and each rank replays
 its own shard of the same epoch (the sampler knows the rank; see `datamodules/cifar10.py`).
 """
@@ -36,6 +41,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
 
@@ -47,10 +53,8 @@ class ResumableDataLoader(DataLoader):
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        # Its own generator: making an iterator draws its workers' base seed, from the global generator unless the
-        # loader has one. A mid-epoch resume makes an iterator the uninterrupted run never made, and that one draw
-        # would shift every later draw (augmentation, dropout). (The base seed matters only to workers; ours use no
-        # randomness.)
+        # Its own generator for its workers' base seed, drawn when an iterator is made ("Random streams" above;
+        # only workers use it, and ours draw nothing random).
         kwargs.setdefault("generator", torch.Generator().manual_seed(torch.initial_seed()))
         super().__init__(*args, **kwargs)
         try:
@@ -70,12 +74,10 @@ class ResumableDataLoader(DataLoader):
         return 0
 
     def __iter__(self) -> Iterator[Any]:
-        # The underlying iterator is made now, as a plain DataLoader's is (it draws its base seed from the global
-        # generator here); which epoch it serves is read at the first batch, after Lightning's `set_epoch`.
-        return self._count(super().__iter__())
-
-    def _count(self, batches: Iterator[Any]) -> Iterator[Any]:
+        # A generator: all of it runs at the first batch (see "Random streams" above). A resumed run even keeps the
+        # iterator Lightning made before the restore, for `estimated_stepping_batches`.
         self.epoch, self.batches_done = self.epoch_of_order(), 0
+        batches = super().__iter__()
         resume_at, self._resume_at = self._resume_at, None
         if resume_at is not None and resume_at["epoch"] == self.epoch:
             self.batches_done = sum(1 for _ in itertools.islice(batches, resume_at["batches_done"]))
@@ -111,6 +113,8 @@ class TrainLoaderPosition:
 
     def load_state_dict(self, position: dict[str, int] | None, trainer: pl.Trainer | None) -> None:
         """Give `position` to the live loader, or keep it for the next one `hand_to` sees."""
+        if trainer is not None and trainer.state.fn != TrainerFn.FITTING:
+            return  # validate/test from a checkpoint: no training to resume (and none later should skip batches)
         loader = live_train_loader(trainer)
         if loader is not None and position is not None:
             loader.load_state_dict(position)

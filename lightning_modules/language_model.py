@@ -8,9 +8,14 @@ What it does that a generic module would not, and why:
 - the lr of each training batch is scaled by seq_len/bptt (a short sequence gets a proportionally smaller
   step), on top of the 1cycle, which is closed-form so the scaling never accumulates;
 - perplexities are exp of the token-weighted mean loss over the whole split (not a mean of batch perplexities);
-- at test time (and optionally validation) the neural cache pointer of Grave et al. also gives `test/ppl_cache`.
+- at test time (and optionally validation) the neural cache pointer of Grave et al. also gives `test/ppl_cache`;
+- the carried state is saved in every checkpoint (each DDP rank's, since each reads its own rows) and put back at
+  the first training batch after a resume, so a run stopped mid-epoch continues the same text with the same state
+  (bit-identical on CPU with the resumable loaders of `datamodules/`; tests/test_mid_epoch_resume.py).
 """
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +30,18 @@ from lightning_modules.net_weights import load_net_weights
 from lightning_modules.nets.awd_lstm import detach_state
 from lightning_modules.neural_cache import NeuralCache
 from optim import RNNOneCycleLR
+
+
+HIDDEN_CHECKPOINT_KEY = "carried_hidden"
+
+
+def move_state(state: Any, device: torch.device) -> Any:
+    """The carried state (tensors in lists and tuples, or None) detached and on `device`."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to(device)
+    if isinstance(state, (list, tuple)):
+        return type(state)(move_state(s, device) for s in state)
+    return state
 
 
 def _default_optimizer(params) -> torch.optim.Optimizer:
@@ -84,6 +101,7 @@ class LanguageModel(pl.LightningModule):
         self.cache_settings = dict(window=cache_window, theta=cache_theta, lambdah=cache_lambda)
         self.losses = nn.ModuleDict({name: MeanMetric() for name in ("val", "test", "val_cache", "test_cache")})
         self.hidden = None  # the state carried across batches of the current loop
+        self.restored_hidden: list | None = None  # a resumed checkpoint's carried state, used at the next batch
         self.cache: NeuralCache | None = None
 
     def setup(self, stage: str) -> None:
@@ -99,6 +117,8 @@ class LanguageModel(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         inputs, targets = batch
+        if self.restored_hidden is not None:  # here, not in a hook: the sanity check and epoch starts reset it
+            self.hidden, self.restored_hidden = move_state(self.restored_hidden, inputs.device), None
         out = self.net(inputs, self.hidden)
         self.hidden = detach_state(out.hidden)
         loss = F.cross_entropy(self.net.decoder(out.output).flatten(0, 1), targets.flatten())
@@ -166,6 +186,23 @@ class LanguageModel(pl.LightningModule):
             self.log(f"{split}/ppl_cache", torch.exp(cache_loss), sync_dist=False)
             self.losses[f"{split}_cache"].reset()
         self.cache = None
+
+    # --- checkpoints ------------------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Every rank's carried state, on the CPU (rank 0 writes the file; `all_gather_object` runs on every rank
+        while a checkpoint is built, as in RNGStateCheckpoint). At an epoch end it is None: validation reset it."""
+        local = move_state(self.hidden, torch.device("cpu"))
+        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            ranks: list = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(ranks, local)
+        else:
+            ranks = [local]
+        checkpoint[HIDDEN_CHECKPOINT_KEY] = ranks
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        ranks = checkpoint.get(HIDDEN_CHECKPOINT_KEY) or [None]
+        self.restored_hidden = ranks[self.global_rank % len(ranks)]  # another world size: the shards differ anyway
 
     # --- optimisation ---------------------------------------------------------------------------------------
 

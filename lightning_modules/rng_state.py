@@ -3,8 +3,8 @@ uninterrupted run would have drawn.
 
 Why: Lightning 2.6 does not save RNG states in a checkpoint (its `dump_checkpoint` writes weights, optimizers,
 schedulers, loops and callback states only; Fabric's `_collect_rng_states` is not called on that path). Our runs
-draw from the global generators at every step: the DataLoader's `RandomSampler` takes a fresh seed from the torch
-generator at each epoch (and every DataLoader iterator draws a base seed, with or without shuffling), the CIFAR
+draw from the global generators at every step: Stanford Cars' `RandomSampler` takes a fresh seed from the torch
+generator at each epoch (and its DataLoader iterators draw a base seed), the CIFAR
 crop/flip (`datamodules/batch_augment.py`) and the language models' dropout use the torch (CUDA on a GPU)
 generator, and Stanford Cars' DataLoader workers are seeded from that base seed. A resumed run starts from the
 seed that `seed_everything` gave the new process, so from its first batch on it shuffles, crops and drops out
@@ -29,8 +29,8 @@ rank's states (`torch.distributed.all_gather_object`; `state_dict()` runs on eve
 built, next to the collectives Lightning and NaNGuard already do there) and each rank restores its own. Resumed
 on another number of processes, rank r restores saved rank r mod N's states, with a warning: the data shards
 differ then anyway, so the run continues correctly but not bit-identically.
-A mid-epoch resume (SIGTERM, a step-based checkpoint) restores the states too, but our DataLoaders are not
-stateful: the rest of that epoch is drawn from a fresh shuffle (docs/RELIABILITY.md, known limits).
+A mid-epoch resume (SIGTERM, a step-based checkpoint) restores the states too, and the CIFAR-10 and WikiText-2
+training loaders restore their position (`datamodules/resumable_loader.py`), so that resume is bit-identical as well.
 """
 from __future__ import annotations
 

@@ -5,9 +5,10 @@ SIGKILL cannot be caught, so nothing is saved when it lands: the run resumes fro
 before it. The kill is sent by the process to itself at a chosen step (`SigkillAt`), so "the middle of an epoch"
 is exact rather than a race with a fast tiny net. Two cases:
 - the configs as shipped (last.ckpt at every epoch end): the resume restarts the interrupted epoch from its
-  beginning, and — RNGStateCheckpoint being in the config — ends with bit-identical weights;
+  beginning;
 - with the documented opt-in for long epochs, a second ModelCheckpoint writing last.ckpt every N steps: the resume
-  continues mid-epoch (same schedule and steps; the rest of that epoch is a fresh shuffle, a known limit).
+  continues mid-epoch, at the saved loader position (datamodules/resumable_loader.py).
+Both end with bit-identical weights (RNGStateCheckpoint being in the config).
 """
 from __future__ import annotations
 
@@ -113,6 +114,6 @@ def test_sigkill_mid_epoch_then_resume_last_follows_the_uninterrupted_schedule(u
     assert {"lr-AdamW", "lr-AdamW-momentum", "lr-AdamW-weight_decay"} <= set(logged[saved_step])
     for step, values in logged.items():
         assert values == expected[step], f"step {step}"
-    if not mid_epoch_saves:  # resumed at an epoch boundary, RNG states restored: the very same weights
-        for name, weight in reference.lightning_module.state_dict().items():
-            assert torch.equal(resumed.lightning_module.state_dict()[name], weight), name
+    # RNG states and (mid-epoch) the loader's position restored: the very same weights
+    for name, weight in reference.lightning_module.state_dict().items():
+        assert torch.equal(resumed.lightning_module.state_dict()[name], weight), name

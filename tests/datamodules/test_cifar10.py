@@ -1,4 +1,5 @@
-"""CIFAR-10 datamodule: reading, splits, on-device augmentation, DDP sharding and clear errors."""
+"""CIFAR-10 datamodule: reading, splits, on-device augmentation and clear errors (the training order, its DDP
+sharding and its resumable position: test_resumable_loader.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,11 +12,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DistributedSampler
 
 from datamodules import CIFAR10DataModule, cifar10_files
 from datamodules.batch_augment import normalize, random_crop_flip
-from datamodules.cifar10 import CIFAR10_MEAN, CIFAR10_STD, TensorBatchDataset, _already_batched
+from datamodules.cifar10 import CIFAR10_MEAN, CIFAR10_STD
 from tests.conftest import make_cifar_folder, write_cifar_batch
 
 
@@ -88,22 +88,6 @@ def test_augmentation_runs_in_training_only(cifar_dir):
     dm.trainer = FakeTrainer()
     augmented, _ = dm.on_after_batch_transfer((images, labels), 0)
     assert augmented.shape == plain.shape and not torch.equal(augmented, plain)
-
-
-def test_ddp_ranks_get_distinct_shards_of_each_epoch():
-    """What Lightning does under DDP: it re-creates our loader with a DistributedSampler per rank."""
-    from pytorch_lightning.utilities.data import _update_dataloader
-
-    images = torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1).expand(40, 3, 32, 32).contiguous()
-    dataset = TensorBatchDataset(images, torch.arange(40))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=8, shuffle=True, collate_fn=_already_batched)
-    seen = []
-    for rank in range(2):
-        sampler = DistributedSampler(dataset, num_replicas=2, rank=rank, shuffle=True, seed=0)
-        ranked = _update_dataloader(loader, sampler, mode="fit")
-        seen.append(torch.cat([labels for _, labels in ranked]).tolist())
-    assert len(seen[0]) == len(seen[1]) == 20
-    assert not set(seen[0]) & set(seen[1]) and set(seen[0]) | set(seen[1]) == set(range(40))
 
 
 # --- bad input: one clear sentence naming the file and the fix -----------------------------------------

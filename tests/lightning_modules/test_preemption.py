@@ -1,7 +1,7 @@
 """PreemptionCheckpoint: a SIGUSR1 (outside SLURM) stops fitting at a safe point and writes a resumable last.ckpt.
 
 In-process: the signal is sent to this very process from a callback, so the test needs no subprocess; the SIGTERM
-path through `cli.py` is covered by tests/test_cli_reliability.py::test_sigterm_saves_last_ckpt_and_resume_continues.
+path through `cli.py` is covered by tests/test_cli_reliability.py::test_sigterm_saves_last_ckpt_and_the_resumed_run_continues_its_csv_file_and_wandb_run.
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """RNGStateCheckpoint: a run stopped at an epoch end and resumed from its last.ckpt by a fresh Trainer ends with
 bit-identical weights and optimizer state on CPU — and without the callback it does not (so the callback matters).
 
-Both tasks draw from the global torch generator: CIFAR through the shuffling sampler and the crop/flip augmentation,
-the language model through dropout. The sanity check runs before each fit, as in the configs. Under DDP (slow
-test) each rank must get back its own states.
+Both tasks draw from the global torch generator: CIFAR through the crop/flip augmentation (its order is seeded with
+seed + epoch), the language model through dropout. The sanity check runs before each fit, as in the configs. Under
+DDP (slow test) each rank must get back its own states. Mid-epoch resumes: tests/test_mid_epoch_resume.py.
 """
 from __future__ import annotations
 
