@@ -43,6 +43,7 @@ from cli_checks import explain_config_error, model_class_problem, read_checkpoin
 from cli_loggers import prepare_loggers
 from cli_resume import (RUN_KEY, ResumeProblem, choose_last, explicit_resume_warning, flatten, new_run_id, read_run,
                         run_length_problem)
+from datamodules.resumable_loader import POSITION_KEY  # a new run starts its data at the beginning
 from lightning_modules.checkpoint_io import CheckpointSpaceError
 
 # Startup noise this project can silence without hiding a real problem (README "A quiet start"): Lightning's
@@ -94,7 +95,9 @@ class LoggedSaveConfigCallback(SaveConfigCallback):
     run: dict[str, Any] = {}  # {"id": ..., "parent": ...}, set by the CLI before `fit`
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        config = self.config.as_dict()
+        # As config.yaml holds it: plain values (`as_dict()` would keep jsonargparse's Path objects, which the CSV
+        # logger's hparams.yaml would then write as Python object tags that no safe YAML loader reads).
+        config = yaml.safe_load(self.parser.dump(self.config, skip_unset=False))
         if self.run:
             config["run"] = dict(self.run)
         for logger in trainer.loggers:
@@ -232,6 +235,9 @@ class SuperconvergenceCLI(LightningCLI):
     def check_init_weights(self, path: str, config: Namespace) -> None:
         """`init_weights` must be a readable checkpoint of this net (and, for text, of this vocabulary)."""
         checkpoint = self.read_matching_checkpoint(path, config)
+        data_key = type(self.datamodule).__qualname__
+        if isinstance(checkpoint.get(data_key), dict):  # check the data's state (vocabulary), but not its position:
+            checkpoint = {**checkpoint, data_key: {k: v for k, v in checkpoint[data_key].items() if k != POSITION_KEY}}
         if problem := state_problem(path, checkpoint, self.model, self.datamodule):
             stop(problem.replace("ckpt_path", "model.init_args.init_weights", 1))
         parent = read_run(path)

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamodules import cifar10_files
 from datamodules.batch_augment import normalize, random_crop_flip
-from datamodules.resumable_loader import ResumableDataLoader, TrainLoaderPosition
+from datamodules.resumable_loader import POSITION_KEY, ResumableDataLoader, TrainLoaderPosition
 
 # Channel statistics the seed normalised with (sgugger/Adam-experiments train_cifar10.py).
 CIFAR10_MEAN = (0.4914, 0.48216, 0.44653)
@@ -150,10 +150,10 @@ class CIFAR10DataModule(pl.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         """The training loader's position travels with every checkpoint (`datamodules/resumable_loader.py`)."""
         position = self.train_position.state_dict(self.trainer)
-        return {"train_position": position} if position is not None else {}
+        return {POSITION_KEY: position} if position is not None else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.train_position.load_state_dict(state_dict.get("train_position"), self.trainer)
+        self.train_position.load_state_dict(state_dict.get(POSITION_KEY), self.trainer)
 
     def augment(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The training augmentation on a normalised batch: random crop after reflect-padding, random h-flip.

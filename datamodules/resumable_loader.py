@@ -101,6 +101,9 @@ def live_train_loader(trainer: pl.Trainer | None) -> ResumableDataLoader | None:
     return loader if isinstance(loader, ResumableDataLoader) else None
 
 
+POSITION_KEY = "train_position"  # where a datamodule's state_dict keeps the position
+
+
 class TrainLoaderPosition:
     """The training loader's position, for a datamodule's `state_dict` (see "Where the position travels" above)."""
 

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules import wikitext2_files as files
-from datamodules.resumable_loader import ResumableDataLoader, TrainLoaderPosition
+from datamodules.resumable_loader import POSITION_KEY, ResumableDataLoader, TrainLoaderPosition
 
 
 def draw_seq_len(generator: torch.Generator, bptt: int) -> int:
@@ -163,10 +163,10 @@ class WikiText2DataModule(pl.LightningDataModule):
         """The vocabulary travels with every checkpoint, so a resumed or reloaded model reads the same ids; so does
         the training loader's position (`datamodules/resumable_loader.py`)."""
         position = self.train_position.state_dict(self.trainer)
-        return {"vocab": self.vocab, **({"train_position": position} if position is not None else {})}
+        return {"vocab": self.vocab, **({POSITION_KEY: position} if position is not None else {})}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.train_position.load_state_dict(state_dict.get("train_position"), self.trainer)
+        self.train_position.load_state_dict(state_dict.get(POSITION_KEY), self.trainer)
         saved = state_dict.get("vocab")
         if saved is not None and saved != self.vocab:
             raise ValueError(

@@ -95,6 +95,9 @@ class _WriteWatcher:
     def flush(self) -> None:
         self.file.flush()
 
+    def __getattr__(self, name: str) -> Any:  # name, fileno, ...: the file's own
+        return getattr(self.file, name)
+
 
 def atomic_torch_save(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
     """`torch.save` to `<path>.tmp` in the same folder, fsync, then rename onto `path`; on failure remove the temp.

@@ -28,10 +28,13 @@ NO_DROPOUT = dict(dropout_input=0.0, dropout_output=0.0, dropout_hidden=0.0, dro
 RELATIVE = 1e-5  # float32; measured at the largest value of each tensor, since sums run in another order
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, relative: float = RELATIVE, what: str = "") -> None:
-    """Every element within `relative` × the tensor's largest magnitude (plus an elementwise `relative`)."""
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, relative: float = RELATIVE, what: str = "",
+                 floor: float = 0.0) -> None:
+    """Every element within `relative` × the tensor's largest magnitude (plus an elementwise `relative`), and never
+    closer than `floor` is asked for."""
     scale = expected.abs().max().item() if expected.is_floating_point() and expected.numel() else 0.0
-    torch.testing.assert_close(actual, expected, rtol=relative, atol=relative * scale, msg=lambda m: f"{what} {m}")
+    torch.testing.assert_close(actual, expected, rtol=relative, atol=max(relative * scale, floor),
+                               msg=lambda m: f"{what} {m}")
 
 
 @pytest.fixture(autouse=True)
@@ -166,8 +169,9 @@ def assert_trained_alike(eager: pl.LightningModule, compiled: pl.LightningModule
     """Compiled for real, the same keys, and the two steps changed every tensor by the same amount.
 
     The changes are compared, not the weights: they are much smaller than the weights, so a wrong gradient
-    would hide under a tolerance relative to the weights. 1e-3 of the largest change: BatchNorm bias gradients
-    cancel over the batch and keep ~3e-4 of rounding.
+    would hide under a tolerance relative to the weights. 5e-3 of the largest change: BatchNorm bias gradients
+    cancel over the batch and keep ~3e-4 of rounding, and a few convolution weights of the WRN were seen ~3e-3
+    apart after two momentum steps (fused kernels round otherwise); a wrong gradient is off by the change itself.
     """
     assert compiled.net._compiled_call_impl is not None and eager.net._compiled_call_impl is None
     assert graphs_compiled() >= 1
@@ -178,7 +182,10 @@ def assert_trained_alike(eager: pl.LightningModule, compiled: pl.LightningModule
         if not b.is_floating_point():
             assert torch.equal(a, b), key
             continue
-        assert_close(a - start, b - start, relative=1e-3, what=key)
+        # a change is known only to the spacing of float32 around the weight itself (1 ulp of 1.0 is 1.2e-7), and
+        # fused kernels round differently by a few of those; a wrong gradient is off by the change's own size
+        ulps = 8 * torch.finfo(start.dtype).eps * start.abs().max().item()
+        assert_close(a - start, b - start, relative=5e-3, what=key, floor=ulps)
         moved += not torch.equal(b, start)
     assert moved >= len(initial) // 2
 
