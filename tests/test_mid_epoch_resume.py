@@ -25,9 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from datamodules.resumable_loader import ResumableDataLoader, live_train_loader
 from lightning_modules import PreemptionCheckpoint, RNGStateCheckpoint
 from lightning_modules.preemption import EXIT_STATUS
-from tests.conftest import make_cifar_folder
-from tests.datamodules.test_wikitext2 import write_corpus
-from tests.lightning_modules.test_rng_state import EPOCHS, build, differences
+from tests.lightning_modules.test_rng_state import EPOCHS, build, data_roots, differences  # noqa: F401 (a fixture)
 
 NOT_RESUMABLE = "your dataloader is not resumable"  # Lightning's warning on a mid-epoch resume with a plain loader
 
@@ -91,12 +89,6 @@ def fit(task: str, root: Path, out: Path, *, old_loaders: bool = False, workers:
         except SystemExit as stop:
             assert sigterm_at is not None and stop.code == EXIT_STATUS
     return Run(trainer, batches, [str(w.message) for w in caught])
-
-
-@pytest.fixture(scope="module")
-def data_roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("mid_epoch_data")
-    return {"cifar": make_cifar_folder(root / "cifar"), "wikitext": write_corpus(root / "wikitext")}
 
 
 @pytest.fixture(scope="module")
