@@ -1,8 +1,8 @@
 """Time per token of the neural cache pointer: `NeuralCache` (blocked matmul) against pointer.py's per-token loop.
 
-Why: Salesforce's `pointer.py`, which the seed ran for its cache perplexities, walks the test stream one token at
-a time and, for each, multiplies the attention into a one-hot [window, vocab] history (126M multiply-adds per
-token at WikiText-2 size). `lightning_modules/neural_cache.py` computes the same numbers a block of queries at a
+Why: Salesforce's `pointer.py` (and the seed's own `my_cache_pointer`, which differs only in which positions it
+mixes) walks the test stream one token at a time and, for each, multiplies the attention into a one-hot
+[window, vocab] history (126M multiply-adds per token at WikiText-2 size). `lightning_modules/neural_cache.py` computes the same numbers a block of queries at a
 time without the vocabulary. This measures what that gains in the cache's steady state (history full).
 
 Sides, both in `lightning_modules/neural_cache.py`:
@@ -83,7 +83,7 @@ def run(tokens: int = 2000, vocab: int = WIKITEXT2_VOCAB, hidden: int = 400, win
 
     def vectorised():
         """A cache holding the full history (filled untimed: those positions are never mixed), then the chunk."""
-        cache = NeuralCache(window, THETA, LAMBDAH)
+        cache = NeuralCache(window, THETA, LAMBDAH, mixing="after_window")  # pointer.py's rule, as the loop
         cache.log_probs(torch.zeros(window, device=device), data["history_hidden"], data["history_targets"])
         return lambda: cache.log_probs(data["target_log_probs"], data["hidden"], data["targets"])
 

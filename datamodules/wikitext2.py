@@ -96,6 +96,9 @@ class WikiText2DataModule(pl.LightningDataModule):
             the neural cache needs).
         seed: base seed of the sequence-length draws (epoch e uses seed + e on every rank).
         download: fetch wikitext-2-v1.zip (MD5-checked) when the files are missing.
+        val_tokens: hold out the last N tokens of `train_file` as the validation stream (`val_file` is then not
+            read) and build the vocabulary from the rest only: a validation split where only one file of text is
+            at hand (the CPU study trains on part of wiki.valid.tokens). null: validate on `val_file`.
     """
 
     def __init__(
@@ -110,6 +113,7 @@ class WikiText2DataModule(pl.LightningDataModule):
         eval_bptt: int = 2000,
         seed: int = 0,
         download: bool = False,
+        val_tokens: int | None = None,
     ):
         super().__init__()
         for name, value in (("batch_size", batch_size), ("bptt", bptt), ("eval_batch_size", eval_batch_size),
@@ -125,9 +129,18 @@ class WikiText2DataModule(pl.LightningDataModule):
         if download:
             files.download(data_dir)
         # Read now, not in setup(): the CLI links vocab_size into the net when it builds the classes.
-        self.vocab = files.build_vocab(files.read_tokens(self.folder / train_file))
+        train_tokens = files.read_tokens(self.folder / train_file)
+        self.held_out: list[str] | None = None  # the validation tokens cut from the training file (val_tokens)
+        if val_tokens is not None:
+            if not 0 < val_tokens < len(train_tokens):
+                raise ValueError(f"data.val_tokens is {val_tokens} but {train_file} holds {len(train_tokens)} tokens; "
+                                 "hold out a positive number below that, or set it to null to use data.val_file.")
+            train_tokens, self.held_out = train_tokens[:-val_tokens], train_tokens[-val_tokens:]
+        self.vocab = files.build_vocab(train_tokens)
         self.vocab_size = len(self.vocab)
-        self.streams: dict[str, torch.Tensor] = {}
+        self.streams: dict[str, torch.Tensor] = {"train": files.encode(train_tokens, self.vocab)}
+        if self.held_out is not None:
+            self.streams["valid"] = files.encode(self.held_out, self.vocab)
         self.train_position = TrainLoaderPosition()
 
     def setup(self, stage: str | None = None) -> None:

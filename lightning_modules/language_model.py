@@ -28,7 +28,7 @@ from lightning_modules.compile import compile_net
 from lightning_modules.hparams import save_hyperparameters_for_reload
 from lightning_modules.net_weights import load_net_weights
 from lightning_modules.nets.awd_lstm import detach_state
-from lightning_modules.neural_cache import NeuralCache
+from lightning_modules.neural_cache import MIXING, NeuralCache
 from optim import RNNOneCycleLR
 
 
@@ -60,7 +60,9 @@ class LanguageModel(pl.LightningModule):
         bptt: the mean training sequence length the lr scaling refers to (linked from the data).
         cache: evaluate `test/ppl_cache` with the neural cache (needs data.eval_batch_size 1).
         cache_window, cache_theta, cache_lambda: the cache's size, flatness and mixing weight (the seed's
-            WikiText-2 values: 3785, 0.662, 0.1279).
+            WikiText-2 values: 3785, 0.662, 0.1279; `scripts/tune_cache.py` searches them for a trained model).
+        cache_mixing: which positions the cache mixes: "all" (the seed's `my_cache_pointer`, every position after
+            the stream's first) or "after_window" (Salesforce `pointer.py`); `lightning_modules/neural_cache.py`.
         cache_in_validation: also log `val/ppl_cache` every validation (slower).
         compile: `torch.compile` the net in place (`lightning_modules/compile.py`), with shapes dynamic from the
             start since every batch has its own length; the same outputs and state_dict keys. On CPU expect
@@ -81,6 +83,7 @@ class LanguageModel(pl.LightningModule):
         cache_window: int = 3785,
         cache_theta: float = 0.662,
         cache_lambda: float = 0.1279,
+        cache_mixing: str = "all",
         cache_in_validation: bool = False,
         compile: bool = False,
         init_weights: str | None = None,
@@ -98,7 +101,9 @@ class LanguageModel(pl.LightningModule):
         self.cache_enabled, self.cache_in_validation = cache, cache_in_validation
         self.compile_enabled = compile  # not `self.compile`: that is nn.Module's method
         self.init_weights = init_weights
-        self.cache_settings = dict(window=cache_window, theta=cache_theta, lambdah=cache_lambda)
+        if cache_mixing not in MIXING:
+            raise ValueError(f"model.init_args.cache_mixing is {cache_mixing!r}; use one of {MIXING}.")
+        self.cache_settings = dict(window=cache_window, theta=cache_theta, lambdah=cache_lambda, mixing=cache_mixing)
         self.losses = nn.ModuleDict({name: MeanMetric() for name in ("val", "test", "val_cache", "test_cache")})
         self.hidden = None  # the state carried across batches of the current loop
         self.restored_hidden: list | None = None  # a resumed checkpoint's carried state, used at the next batch

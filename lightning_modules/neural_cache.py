@@ -9,16 +9,22 @@ next position j it points back into that memory:
 
 so a word that followed contexts like the current one recently becomes likelier — rare names and topic words
 repeat within a page. No parameters are learnt; θ (flatness of the attention) and λ (mixing weight) are tuned
-on validation. The seed's WikiText-2 values, window 3785, θ 0.662, λ 0.1279, are the defaults of Salesforce
-awd-lstm-lm's `pointer.py` (0.6625523432485668 and 0.12785920428335693, found by its authors' search), which
-the seed ran for its 52.9 / 50.9 val / test perplexity.
+on validation (`scripts/tune_cache.py`). The defaults, window 3785, θ 0.662, λ 0.1279, are the seed's WikiText-2
+values (sgugger/Adam-experiments, `lm_val_fns.py: my_cache_pointer`), themselves Salesforce awd-lstm-lm's
+`pointer.py` defaults (0.6625523432485668 and 0.12785920428335693, found by its authors' search).
 
-Semantics are exactly `pointer.py`'s (batch size 1, the stream read in chunks, history truncated to the last
-`window` positions after each chunk). Position idx of a chunk is mixed iff `start_idx + idx > window`, where
-start_idx is the history length when the chunk arrives — min(tokens seen, window). That is "global index >
-window" except for one quirk kept for faithfulness: once the history is full, start_idx equals window, so the
-first position of every later chunk is *not* mixed (p = p_vocab); one token in 2000 at the seed's eval_bptt.
-A mixed position always attends to exactly `window` predecessors.
+Which positions are mixed (`mixing`) — the two public implementations differ, and the seed's perplexities
+(52.9 / 50.9 with the cache) come from its own:
+- "all" (default; the seed's `my_cache_pointer`): every position of the stream after the first is mixed, over all
+  the predecessors it has, up to `window` — a position early in the stream attends to fewer keys. The stream is
+  read in chunks of batch size 1; the history (hidden states and their next words) is kept across chunks and
+  truncated to the last `window` positions after each chunk.
+- "after_window" (Salesforce `pointer.py`): position idx of a chunk is mixed iff `start_idx + idx > window`, where
+  start_idx is the history length when the chunk arrives — min(tokens seen, window). That is "global index >
+  window" (the first `window` tokens are left unmixed: a warm-up), except that once the history is full, start_idx
+  equals window and the first position of every later chunk is *not* mixed (p = p_vocab); one token in 2000 at
+  eval_bptt 2000. A mixed position always attends to exactly `window` predecessors.
+On a 245k-token test stream the two differ by the first `window` tokens and one token per chunk.
 
 Why vectorised in blocks: pointer.py loops over tokens in Python and multiplies the attention into a one-hot
 [window, vocab] history for each one (126M multiply-adds per token at WikiText-2 size). Here a block of queries
@@ -26,7 +32,7 @@ takes one matmul against the keys its band can reach (block + window rows), mask
 the attention of keys whose target equals the query's target — the vocabulary never appears. Blocks bound the
 [block, block + window] score matrix (~20 MB in float32 at the defaults) while keeping the matmul large.
 `naive_cache_log_probs` is the per-token transcription of pointer.py, kept as the tests' and benchmark's
-reference.
+reference; tests/lightning_modules/test_neural_cache.py holds one of the seed's `my_cache_pointer` too.
 
 Evaluation only: the public functions run under `torch.no_grad()` and compute in place.
 """
@@ -38,9 +44,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-WINDOW = 3785  # pointer.py's --window default, the seed's WikiText-2 setting
-THETA = 0.662  # pointer.py's --theta default 0.6625523432485668, rounded as in awd-lstm-lm's README
-LAMBDAH = 0.1279  # pointer.py's --lambdasm default 0.12785920428335693, rounded likewise
+WINDOW = 3785  # the seed's my_cache_pointer default (pointer.py's --window)
+THETA = 0.662  # the seed's default; pointer.py's --theta 0.6625523432485668, rounded as in awd-lstm-lm's README
+LAMBDAH = 0.1279  # the seed's `lambd` default; pointer.py's --lambdasm 0.12785920428335693, rounded likewise
+MIXING = ("all", "after_window")  # the seed's my_cache_pointer, Salesforce pointer.py
 QUERY_BLOCK = 1024  # queries per matmul; 256-1024 cost the same on one CPU core, larger ones waste band work,
 # and fewer blocks mean fewer parallel regions (threads) and kernel launches (GPU)
 
@@ -97,17 +104,21 @@ class NeuralCache:
         theta: inverse temperature of the attention over the cache (flatter as it goes to 0).
         lambdah: weight of the cache in the mixture, in [0, 1] (pointer.py's `lambdasm`).
         block: queries per matmul in `cache_target_probs` (speed only; results agree to rounding).
+        mixing: which positions are mixed: "all" (the seed's `my_cache_pointer`) or "after_window" (Salesforce
+            `pointer.py`); see the module docstring.
 
     The history (hidden states and their next words) stays on the device and in the dtype of the last chunk.
     """
 
     def __init__(self, window: int = WINDOW, theta: float = THETA, lambdah: float = LAMBDAH,
-                 block: int = QUERY_BLOCK):
+                 block: int = QUERY_BLOCK, mixing: str = "all"):
         if window <= 0 or block <= 0:
             raise ValueError(f"the neural cache's window ({window}) and block ({block}) must be positive.")
         if not 0.0 <= lambdah <= 1.0:
             raise ValueError(f"the neural cache's lambdah must lie in [0, 1], got {lambdah}.")
-        self.window, self.theta, self.lambdah, self.block = window, theta, lambdah, block
+        if mixing not in MIXING:
+            raise ValueError(f"the neural cache's mixing is {mixing!r}; use one of {MIXING}.")
+        self.window, self.theta, self.lambdah, self.block, self.mixing = window, theta, lambdah, block, mixing
         self.reset()
 
     def reset(self) -> None:
@@ -128,9 +139,9 @@ class NeuralCache:
             hidden: [T, H] the last RNN layer's raw output at each position.
             targets: [T] the next token at each position (long).
 
-        Positions not yet mixed (see the module docstring) return `vocab_log_probs` unchanged. Mixed ones are
-        logaddexp(log(1 − λ) + log p_vocab, log λ + log p_cache): no exp of log p_vocab, so a tiny p_vocab is
-        not rounded away, and p_cache = 0 simply leaves log(1 − λ) + log p_vocab.
+        Positions not mixed (see `mixing` in the module docstring) return `vocab_log_probs` unchanged. Mixed
+        ones are logaddexp(log(1 − λ) + log p_vocab, log λ + log p_cache): no exp of log p_vocab, so a tiny
+        p_vocab is not rounded away, and p_cache = 0 simply leaves log(1 − λ) + log p_vocab.
         """
         if hidden.dim() != 2 or targets.shape != (hidden.shape[0],) or vocab_log_probs.shape != targets.shape:
             raise ValueError(f"expected vocab_log_probs [T], hidden [T, H], targets [T]; got "
@@ -140,7 +151,10 @@ class NeuralCache:
         history_targets = targets[:0] if self.history_targets is None else self.history_targets.to(targets)
 
         out = vocab_log_probs.clone()
-        first_mixed = max(0, self.window + 1 - start_idx)  # pointer.py: start_idx + idx > window
+        if self.mixing == "all":  # the seed: every position but the stream's very first
+            first_mixed = 1 if start_idx == 0 else 0
+        else:  # pointer.py: start_idx + idx > window
+            first_mixed = max(0, self.window + 1 - start_idx)
         if first_mixed < len(targets):
             # Queries from first_mixed on; everything before them (history and earlier chunk rows) is keys.
             keys = torch.cat([history_hidden, hidden[:first_mixed]])[-self.window:]

@@ -67,6 +67,18 @@ def test_real_wikitext_token_counts_and_train_file_option():
     assert dm.vocab_size == len(set(files.read_tokens(folder / "wiki.valid.tokens")))
 
 
+def test_val_tokens_holds_out_the_end_of_the_training_file_with_a_vocabulary_from_the_rest(corpus):
+    (corpus / "wikitext-2" / "wiki.train.tokens").open("a").write(" qa qb qc qd qe \n")  # words seen only here
+    tokens = files.read_tokens(corpus / "wikitext-2" / "wiki.train.tokens")
+    dm = module(corpus, val_tokens=6, val_file="missing.tokens")  # the held-out part replaces val_file
+    dm.setup("fit")
+    assert len(dm.streams["train"]) == len(tokens) - 6 and len(dm.streams["valid"]) == 6
+    assert "qa" not in dm.vocab and dm.vocab == files.build_vocab(tokens[:-6])
+    assert [dm.vocab[i] for i in dm.streams["valid"]] == ["<unk>"] * 5 + ["<eos>"]  # unseen in training
+    with pytest.raises(ValueError, match=r"data.val_tokens is 0 but wiki.train.tokens holds \d+ tokens"):
+        module(corpus, val_tokens=0)
+
+
 def test_training_batches_follow_the_rows_with_awd_lstm_lengths(corpus):
     dm = module(corpus)
     dm.setup("fit")

@@ -1,4 +1,5 @@
-"""The vectorised neural cache computes exactly what pointer.py's per-token loop computes, chunk by chunk."""
+"""The vectorised neural cache computes exactly what the seed's `my_cache_pointer` (its default) and Salesforce's
+pointer.py (`mixing="after_window"`) compute with their per-token loops, chunk by chunk."""
 from __future__ import annotations
 
 import math
@@ -35,6 +36,53 @@ def feed(cache: NeuralCache, probs: torch.Tensor, hidden: torch.Tensor, targets:
     return torch.cat(out)
 
 
+def seed_cache_pointer(vocab_probs: torch.Tensor, hidden: torch.Tensor, targets: torch.Tensor, window: int,
+                       theta: float, lambd: float, chunk_sizes: list[int]) -> torch.Tensor:
+    """The seed's `my_cache_pointer` (sgugger/Adam-experiments, lm_val_fns.py), transcribed line for line, on a
+    stream already run through the model: per chunk p_vocab [T, V], the last layer's raw output [T, H] and the
+    targets; log p of every target, [N]. `scale` is the seed's default 1; its mean over the stream is left to the
+    caller. One-hot history rows and a per-token loop, as the seed wrote them."""
+    targ_history, hid_history, out, first = None, None, [], 0
+    for size in chunk_sizes:
+        p_vocab, hiddens, chunk_targets = (t[first:first + size] for t in (vocab_probs, hidden, targets))
+        first += size
+        start = 0 if targ_history is None else targ_history.size(0)
+        one_hot = torch.nn.functional.one_hot(chunk_targets, VOCAB).to(p_vocab.dtype)
+        targ_history = one_hot if targ_history is None else torch.cat([targ_history, one_hot])
+        hid_history = hiddens if hid_history is None else torch.cat([hid_history, hiddens])
+        for i, pv in enumerate(p_vocab):
+            p = pv
+            if start + i > 0:
+                lo = 0 if start + i <= window else start + i - window
+                targ_cache, hid_cache = targ_history[lo:start + i], hid_history[lo:start + i]
+                all_dot_prods = torch.mv(theta * hid_cache, hiddens[i])
+                exp_dot_prods = torch.softmax(all_dot_prods, dim=0).unsqueeze(1)
+                p_cache = (exp_dot_prods.expand_as(targ_cache) * targ_cache).sum(0).squeeze()
+                p = (1 - lambd) * pv + lambd * p_cache
+            out.append(torch.log(p[chunk_targets[i]]))
+        targ_history = targ_history[-window:]
+        hid_history = hid_history[-window:]
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("window, sizes", [
+    (7, [3, 5, 40, 1, 100, 2, 149]),  # window far shorter than the stream; chunks below, at and above it
+    (50, [20, 20, 20, 7, 130, 1, 50, 52]),  # the window fills across three chunks
+    (50, [300]),  # one chunk
+    (500, [64, 64, 64, 108]),  # window longer than the whole stream: every position sees all its predecessors
+])
+@pytest.mark.parametrize("block", [4, 1024])  # many blocks per chunk, and one
+def test_default_is_the_seeds_my_cache_pointer(window, sizes, block):
+    probs, hidden, targets = stream(sum(sizes), seed=3)
+    theta, lambd = 0.662, 0.3
+    expected = seed_cache_pointer(probs, hidden, targets, window, theta, lambd, sizes)
+    got = feed(NeuralCache(window, theta, lambd, block=block), probs, hidden, targets, sizes)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+    mixed = got != target_log_probs(probs, targets)
+    assert not mixed[0] and mixed[1:].all()  # every position but the stream's first, from the second token on
+    assert (got != feed(NeuralCache(window, theta, lambd, mixing="after_window"), probs, hidden, targets, sizes)).any()
+
+
 @pytest.mark.parametrize("window, sizes", [
     (7, [3, 5, 40, 1, 100, 2, 149]),  # chunks below, at and far above the window, one of a single token
     (50, [20, 20, 20, 7, 130, 1, 50, 52]),  # the window is filled across three chunks
@@ -45,7 +93,7 @@ def test_matches_pointer_py_loop(window, sizes, block):
     probs, hidden, targets = stream(sum(sizes))
     theta, lambdah = 0.662, 0.3
     expected = naive_cache_log_probs(probs, hidden, targets, window, theta, lambdah, chunk_sizes=sizes)
-    cache = NeuralCache(window, theta, lambdah, block=block)
+    cache = NeuralCache(window, theta, lambdah, block=block, mixing="after_window")
     got = feed(cache, probs, hidden, targets, sizes)
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
     assert len(cache) == window and cache.history_hidden.dtype == torch.float64
@@ -53,11 +101,11 @@ def test_matches_pointer_py_loop(window, sizes, block):
     assert mixed.sum() > 0.9 * (len(targets) - window)  # the comparison is not vacuous
 
 
-def test_first_positions_and_later_chunk_starts_are_unmixed():
-    """Global index ≤ window is p_vocab exactly; so is index 0 of every chunk once the history is full."""
+def test_pointer_py_leaves_the_first_positions_and_later_chunk_starts_unmixed():
+    """pointer.py: global index ≤ window is p_vocab exactly; so is index 0 of every chunk once the history is full."""
     window, sizes = 7, [4, 6, 9, 9, 9]
     probs, hidden, targets = stream(sum(sizes), seed=1)
-    got = feed(NeuralCache(window, 0.662, 0.2), probs, hidden, targets, sizes)
+    got = feed(NeuralCache(window, 0.662, 0.2, mixing="after_window"), probs, hidden, targets, sizes)
     vocab = target_log_probs(probs, targets)
     assert torch.equal(got[:window + 1], vocab[:window + 1])
     chunk_starts = [10, 19, 28]  # history is full (7 positions) when each of these chunks arrives
@@ -151,6 +199,8 @@ def test_bad_arguments_are_refused():
         NeuralCache(lambdah=1.5)
     with pytest.raises(ValueError, match="window"):
         NeuralCache(window=0)
+    with pytest.raises(ValueError, match="mixing is 'pointer'"):
+        NeuralCache(mixing="pointer")
     with pytest.raises(ValueError, match=r"hidden \[T, H\]"):
         NeuralCache().log_probs(torch.zeros(3), torch.zeros(4, 2), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="add up"):
