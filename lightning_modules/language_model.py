@@ -167,18 +167,23 @@ class LanguageModel(pl.LightningModule):
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
-    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> None:
-        inputs, targets = batch
+    def score(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Evaluation of one batch of streams from the carried state (then carried on): log p_vocab of each target
+        [B, T] (float32) and the last layer's raw output [B, T, H], what the neural cache reads."""
         out = self.net(inputs, self.hidden)
         self.hidden = detach_state(out.hidden)
         log_probs = F.log_softmax(self.net.decoder(out.output).float(), dim=-1)
-        target_log_probs = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [B, T]
+        return log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1), out.raw_output
+
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> None:
+        inputs, targets = batch
+        target_log_probs, raw_output = self.score(inputs, targets)
         self.losses[split].update(-target_log_probs.mean(), weight=targets.numel())
         if self.cache is not None:
             if inputs.shape[0] != 1:
                 raise ValueError(f"the neural cache reads one stream: set data.eval_batch_size 1 (it is "
                                  f"{inputs.shape[0]}) or model.init_args.cache false.")
-            mixed = self.cache.log_probs(target_log_probs[0], out.raw_output[0].float(), targets[0])
+            mixed = self.cache.log_probs(target_log_probs[0], raw_output[0].float(), targets[0])
             self.losses[f"{split}_cache"].update(-mixed.mean(), weight=targets.numel())
 
     def _log_perplexities(self, split: str) -> None:

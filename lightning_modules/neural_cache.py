@@ -54,30 +54,33 @@ QUERY_BLOCK = 1024  # queries per matmul; 256-1024 cost the same on one CPU core
 
 @torch.no_grad()
 def cache_target_probs(hidden: Tensor, targets: Tensor, history_hidden: Tensor, history_targets: Tensor,
-                       window: int, theta: float, block: int = QUERY_BLOCK) -> Tensor:
-    """p_cache(targets[j]) for every query j of the current chunk, shape [T].
+                       window: int, theta: float | Sequence[float], block: int = QUERY_BLOCK) -> Tensor:
+    """p_cache(targets[j]) for every query j of the current chunk, shape [T] — or [len(theta), T] when `theta` is
+    a sequence: the scores of each block are computed once and softmaxed at every θ (`scripts/tune_cache.py`).
 
     Keys are [history (older), current chunk]: `history_hidden` [M, H] / `history_targets` [M] precede
     `hidden` [T, H] / `targets` [T]. Query j attends to the `window` keys strictly before it; with fewer
     predecessors it softmaxes over those it has, and with none its p_cache is 0. Which positions are mixed at
-    all is the caller's decision (`NeuralCache.log_probs`).
+    all is the caller's decision (`NeuralCache.log_probs`). θ must be positive.
     """
     if window <= 0 or block <= 0:
         raise ValueError(f"window ({window}) and block ({block}) must be positive.")
+    thetas = [float(theta)] if isinstance(theta, (int, float)) else [float(t) for t in theta]
+    if not thetas or min(thetas) <= 0:
+        raise ValueError(f"the neural cache's theta must be positive, got {theta}.")
     history_len = history_hidden.shape[0]
     keys = torch.cat([history_hidden.to(hidden), hidden])
     key_targets = torch.cat([history_targets.to(targets), targets])
-    queries = hidden * theta  # θ·(h_j·h_i), with θ applied to the [T, H] side rather than the scores
-    out = hidden.new_zeros(hidden.shape[0])
-    for first in range(0, len(queries), block):
-        last = min(first + block, len(queries))
+    out = hidden.new_zeros(len(thetas), hidden.shape[0])
+    for first in range(0, len(hidden), block):
+        last = min(first + block, len(hidden))
         rows = torch.arange(last - first, device=hidden.device)
         # Row r of the block is the query at key index q0 + r; it sees keys [q0 + r − window, q0 + r).
         q0 = history_len + first
         lo, hi = max(0, q0 - window), q0 + last - first - 1  # the keys the whole block reaches
         if hi <= lo:
             continue  # a one-query block at the stream's very first position: no predecessor, p_cache 0
-        scores = queries[first:last] @ keys[lo:hi].T
+        scores = hidden[first:last] @ keys[lo:hi].T  # h_j·h_i; θ > 0 scales them below, after the −inf masks
         # Only two triangles can fall outside the band, so only they are masked (not the whole [b, b + window]):
         # keys from q0 on are the block's own positions (row r sees those before q0 + r) ...
         own = scores[:, q0 - lo:]
@@ -88,12 +91,13 @@ def cache_target_probs(hidden: Tensor, targets: Tensor, history_hidden: Tensor, 
             old = scores[:, :oldest + len(rows) - 1]
             old.masked_fill_(torch.arange(old.shape[1], device=hidden.device)[None, :] < oldest + rows[:, None],
                              -math.inf)
-        attention = torch.softmax(scores, dim=1)
         same_word = key_targets[None, lo:hi] == targets[first:last, None]
-        out[first:last] = torch.where(same_word, attention, 0.0).sum(dim=1)
+        for k, scale in enumerate(thetas):
+            attention = torch.softmax(scores * scale, dim=1)
+            out[k, first:last] = torch.where(same_word, attention, 0.0).sum(dim=1)
         if q0 == 0:
-            out[0] = 0.0  # the stream's first position has no predecessor (its row was all −inf, hence NaN)
-    return out
+            out[:, 0] = 0.0  # the stream's first position has no predecessor (its row was all −inf, hence NaN)
+    return out[0] if isinstance(theta, (int, float)) else out
 
 
 class NeuralCache:

@@ -15,6 +15,9 @@ A study file:
     metrics: [test/acc, test/acc_tta]                         # the table's columns
     curve: val/acc                                            # plotted per epoch
     notes: "..."                                              # optional: what the numbers say, put under the table
+    tune_cache: {windows: [2000, 3785], thetas: [...]}        # optional (language models): scripts/tune_cache.py
+                                                              # on each run's last.ckpt; its test/ppl_cache_tuned
+                                                              # and val/ppl_cache_tuned can then be metrics
 
 Each combination runs `cli.py fit` in its own process under `runs/studies/<name>/<axis=label,...>/`; a run that
 finished (its `done.json` exists) is skipped, so an interrupted study resumes where it stopped. The report goes
@@ -48,6 +51,7 @@ def load_study(path: Path) -> dict:
     study.setdefault("args", [])
     study.setdefault("average_over", "seed")
     study.setdefault("curve", None)
+    study.setdefault("tune_cache", None)
     if study["average_over"] not in study["grid"]:
         raise SystemExit(f"{path}: average_over '{study['average_over']}' is not an axis of the grid "
                          f"({', '.join(study['grid'])}); name one of them.")
@@ -92,6 +96,36 @@ def run_locally(run: dict, python: str) -> None:
     write_atomic(run["dir"] / "done.json", json.dumps({"args": run["args"]}))
 
 
+def tuning_results(run_dir: Path) -> Path | None:
+    found = sorted(run_dir.glob("csv/version_*/cache_tuning/results.json"))
+    return found[-1] if found else None
+
+
+def tune_locally(run: dict, study: dict, python: str) -> None:
+    """`scripts/tune_cache.py` on the run's newest last.ckpt with the study's grid, unless it has run already."""
+    if tuning_results(run["dir"]) is not None:
+        return
+    checkpoint = max(run["dir"].glob("**/last.ckpt"), key=lambda path: path.stat().st_mtime)
+    grid = [arg for key, values in study["tune_cache"].items() for arg in (f"--{key}", *map(str, values))]
+    print(f"[study] tuning the cache of {run['dir']}", flush=True)
+    done = subprocess.run([python, "scripts/tune_cache.py", "--ckpt_path", str(checkpoint), *grid, *run["args"]],
+                          cwd=REPO)
+    if done.returncode != 0:
+        raise SystemExit(f"[study] tuning the cache of {run['dir']} failed (exit {done.returncode}).")
+
+
+def tuned_metrics(run_dir: Path) -> dict[str, float]:
+    """What tune_cache.py found for a run, as metrics: the tuned test and validation perplexities."""
+    path = tuning_results(run_dir)
+    if path is None:
+        return {}
+    results = json.loads(path.read_text())
+    return {"test/ppl_cache_tuned": results["test"]["tuned_cache"]["ppl"],
+            "val/ppl_cache_tuned": results["best"]["val_ppl"],
+            "cache/theta": results["best"]["theta"], "cache/lambda": results["best"]["lambda"],
+            "cache/window": results["best"]["window"]}
+
+
 def write_slurm_array(study: dict, runs: list[dict], root: Path = REPO) -> Path:
     """One line per pending run for `scripts/slurm/fit.sbatch --study`: its run directory, then its arguments."""
     pending = [run for run in runs if not is_done(run)]
@@ -110,8 +144,9 @@ def report(study: dict, runs: list[dict], root: Path = REPO) -> Path:
     for run in runs:
         rows = study_report.read_metrics(run["dir"])
         if rows:
-            results.append({"labels": run["labels"], "rows": rows,
-                            "final": {m: study_report.final(rows, m) for m in study["metrics"]},
+            tuned = tuned_metrics(run["dir"])
+            results.append({"labels": run["labels"], "rows": rows, "tuned": tuned,
+                            "final": {m: tuned.get(m, study_report.final(rows, m)) for m in study["metrics"]},
                             "curve": study_report.per_epoch(rows, study["curve"]) if study["curve"] else []})
     group_axes = [a for a in study["grid"] if a != study["average_over"]]
     out_dir = root / "docs" / "results" / study["name"]
@@ -121,6 +156,9 @@ def report(study: dict, runs: list[dict], root: Path = REPO) -> Path:
              f"mean ± std over `{study['average_over']}`.", "",
              f"Configs: {', '.join(f'`{c}`' for c in study['configs'])}; extra arguments: `{' '.join(map(str, study['args']))}`.",
              "", study_report.table(results, group_axes, study["metrics"]), ""]
+    if study.get("tune_cache") and any(r["tuned"] for r in results):
+        lines += ["Cache values chosen on validation per run (θ, λ, window; one entry per "
+                  f"{study['average_over']}):", "", study_report.tuned_table(results, group_axes), ""]
     if study.get("notes"):  # a person's reading of the numbers, kept in the study file
         lines += [str(study["notes"]).strip(), ""]
     if results and study["curve"]:
@@ -153,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"[study] done already: {run['dir']}")
             else:
                 run_locally(run, options.python)
+            if study.get("tune_cache"):
+                tune_locally(run, study, options.python)
     report(study, runs, options.root.resolve())
 
 

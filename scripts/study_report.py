@@ -59,6 +59,19 @@ def table(runs: list[dict], group_axes: list[str], metrics: list[str]) -> str:
     return "\n".join(lines)
 
 
+def tuned_table(runs: list[dict], group_axes: list[str]) -> str:
+    """Markdown table of the cache values tune_cache.py chose, one row per setting, each seed's in order."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for run in runs:
+        if run.get("tuned"):
+            groups[tuple(run["labels"][a] for a in group_axes)].append(run["tuned"])
+    lines = ["| " + " | ".join(group_axes + ["θ", "λ", "window"]) + " |", "|" + " --- |" * (len(group_axes) + 3)]
+    for key, tuned in groups.items():
+        cells = [" / ".join(f"{t[name]:g}" for t in tuned) for name in ("cache/theta", "cache/lambda", "cache/window")]
+        lines.append("| " + " | ".join([*key, *cells]) + " |")
+    return "\n".join(lines)
+
+
 def plot_curves(runs: list[dict], group_axes: list[str], metric: str, path: Path) -> None:
     """`metric` per epoch, mean over the seeds, one line per setting."""
     import matplotlib

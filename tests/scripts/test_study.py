@@ -93,3 +93,19 @@ def test_a_study_run_parses_and_is_grouped_on_wandb(tmp_path, cifar_dir):
     csv_logger, wandb_logger = run.trainer.loggers
     assert wandb_logger._wandb_init["group"] == "tiny" and isinstance(csv_logger, CSVLogger)
     assert type(run.model.optimizer_factory([__import__("torch").nn.Parameter(__import__("torch").zeros(1))])).__name__ == "SGD"
+
+
+def test_tuned_cache_results_become_metrics_and_a_table(tmp_path):
+    run_dir = tmp_path / "model=qrnn,seed=0"
+    results = run_dir / "csv" / "version_0" / "cache_tuning" / "results.json"
+    results.parent.mkdir(parents=True)
+    results.write_text('{"best": {"theta": 0.3, "lambda": 0.16, "window": 2000, "val_ppl": 90.5}, '
+                       '"test": {"tuned_cache": {"ppl": 80.25}}}')
+    tuned = study_script.tuned_metrics(run_dir)
+    assert tuned == {"test/ppl_cache_tuned": 80.25, "val/ppl_cache_tuned": 90.5, "cache/theta": 0.3,
+                     "cache/lambda": 0.16, "cache/window": 2000}
+    assert study_script.tuned_metrics(tmp_path / "never_tuned") == {}
+    table = study_report.tuned_table([{"labels": {"model": "qrnn", "seed": "0"}, "tuned": tuned},
+                                      {"labels": {"model": "qrnn", "seed": "1"}, "tuned": {**tuned, "cache/theta": 0.45}}],
+                                     ["model"])
+    assert table.splitlines()[-1] == "| qrnn | 0.3 / 0.45 | 0.16 / 0.16 | 2000 / 2000 |"
