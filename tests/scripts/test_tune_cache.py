@@ -19,6 +19,25 @@ from tests.wandb_records import logged_metrics
 THETAS, LAMBDAS, WINDOWS = [0.3, 0.662], [0.1, 0.3], [10, 30]
 
 
+@torch.no_grad()
+def seed_validate(model, tokens: torch.Tensor, bptt: int) -> float:
+    """sgugger/Adam-experiments' `my_validate` with its `TextReader`, transcribed: one stream (batch size 1), n //
+    bptt chunks (a shorter tail is never read), the state carried, the loss summed and divided by bptt × chunks."""
+    n = len(tokens)
+    model.eval()
+    model.hidden = None  # model.reset()
+    total_loss, i = 0.0, 0
+    for _ in range(n // bptt):  # while self.i < self.n - 1 and self.iter < len(self)
+        if i >= n - 1:
+            break
+        seq_len = min(bptt, n - 1 - i)
+        inputs, targets = tokens[i:i + seq_len][None], tokens[i + 1:i + 1 + seq_len][None]
+        target_log_probs, _ = model.score(inputs, targets)
+        total_loss -= target_log_probs.double().sum().item()
+        i += bptt
+    return float(torch.tensor(total_loss / (bptt * (n // bptt))).exp())
+
+
 def evaluate(base: list[str], ckpt, stage: str, theta: float, lambdah: float, window: int) -> dict:
     """cli.py validate|test of the checkpoint with the cache at (θ, λ, window), in this process."""
     cache = ["--model.init_args.cache_theta", str(theta), "--model.init_args.cache_lambda", str(lambdah),
@@ -59,6 +78,14 @@ def test_the_grid_equals_the_models_own_cached_evaluation_and_is_written_and_log
                                                    "theta": 0.662, "lambda": 0.1279}  # tiny_config's window
     counted = summary["test"]["seed_counted_tokens"]
     assert counted % 50 == 0 and summary["test"]["tokens"] - 50 < counted <= summary["test"]["tokens"]
+
+    # The seed's my_validate, transcribed: what "seed positions" reports is what it averages over.
+    run = cli.main([*base, "--config", "configs/trainer/csv_only.yaml"], run=False)
+    run.model.load_state_dict(torch.load(ckpt, weights_only=True)["state_dict"])
+    run.datamodule.setup("test")
+    seed_ppl = seed_validate(run.model, run.datamodule.streams["test"], bptt=50)
+    assert summary["test"]["no_cache_seed_positions"] == pytest.approx(seed_ppl, rel=1e-5)
+    assert summary["test"]["no_cache_seed_positions"] != pytest.approx(summary["test"]["no_cache"], rel=1e-6)
 
     runs = list(root.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(runs) == 1
