@@ -72,7 +72,7 @@ def _timed(fn, device: torch.device) -> tuple[float, torch.Tensor]:
 
 
 def run(tokens: int = 2000, vocab: int = WIKITEXT2_VOCAB, hidden: int = 400, window: int = 3785,
-        naive_tokens: int = 32, repeats: int = 3) -> dict:
+        naive_tokens: int = 32, repeats: int = 3, tune_grid: bool = True) -> dict:
     """Warm up both sides and compare their outputs, then time `repeats` alternating rounds; ms per position."""
     if not 2 <= naive_tokens <= tokens:
         raise ValueError(f"naive_tokens ({naive_tokens}) must lie in [2, tokens={tokens}].")
@@ -112,7 +112,10 @@ def run(tokens: int = 2000, vocab: int = WIKITEXT2_VOCAB, hidden: int = 400, win
                     for s, s1 in zip(seconds["naive"], seconds["naive_one_position"])]}
     ratios = [n / v for n, v in zip(ms["naive"], ms["vectorised"])]  # paired: same repetition
     ratio = statistics.median(ratios)
+    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikitext-2" / "wiki.valid.tokens"
+    grid = grid_timing(shared if shared.is_file() else None, hidden=hidden, window=window) if tune_grid else None
     return {
+        "grid": grid,
         "tokens": tokens, "naive_tokens": naive_tokens, "vocab": vocab, "hidden": hidden, "window": window,
         "theta": THETA, "lambdah": LAMBDAH, "block": QUERY_BLOCK, "repeats": repeats, "dtype": "float32",
         "machine": machine(device),
@@ -122,6 +125,28 @@ def run(tokens: int = 2000, vocab: int = WIKITEXT2_VOCAB, hidden: int = 400, win
         "ratios": ratios, "ratio": ratio, "target": TARGET_RATIO, "passed": ratio >= TARGET_RATIO,
         "max_abs_diff": max_abs_diff, "compared": naive_tokens, "cache_hits": hits,
     }
+
+
+def grid_timing(tokens_file: str | Path | None = None, tokens: int = 217_646, hidden: int = 400,
+                window: int = 3785, seed: int = 0) -> dict:
+    """Seconds of `scripts/tune_cache.py`'s grid (its default 7 θ × 8 λ at one window) over a validation stream of
+    WikiText-2's size (its real ids when `tokens_file` is given, e.g. wiki.valid.tokens), after the model pass:
+    the part that is the same for every model of this hidden size."""
+    from datamodules.wikitext2_files import build_vocab, encode, read_tokens
+    from scripts import tune_cache
+
+    generator = torch.Generator().manual_seed(seed)
+    if tokens_file is not None:
+        words = read_tokens(Path(tokens_file))
+        targets = encode(words, build_vocab(words))[1:]
+    else:
+        zipf = 1.0 / torch.arange(1, WIKITEXT2_VOCAB + 1, dtype=torch.float64)
+        targets = torch.multinomial(zipf, tokens, replacement=True, generator=generator)
+    stream = {"hidden": torch.tanh(torch.randn(len(targets), hidden, generator=generator)), "targets": targets,
+              "log_probs": torch.rand(len(targets), generator=generator).clamp_min(1e-6).log(), "chunk": 2000}
+    found = tune_cache.search(stream, list(tune_cache.THETAS), list(tune_cache.LAMBDAS), [window], "all")
+    return {"tokens": len(targets), "real_text": tokens_file is not None, "hidden": hidden, "window": window,
+            "points": len(found["rows"]), "seconds": found["seconds"], "seconds_per_point": found["seconds_per_point"]}
 
 
 def stream_pass(targets: torch.Tensor, hidden: torch.Tensor, target_log_probs: torch.Tensor, window: int,
@@ -219,6 +244,16 @@ def markdown(result: dict) -> str:
         f"**{verdict}**.",
         "",
     ]
+    if result.get("grid"):
+        g = result["grid"]
+        text = "WikiText-2's validation stream" if g["real_text"] else "a stream of WikiText-2 validation's length"
+        lines += [
+            f"Tuning the cache (`scripts/tune_cache.py`): after the model's one pass, the default grid of {g['points']} "
+            f"(θ, λ) points at window {g['window']} over {text} ({g['tokens']:,} positions, hidden {g['hidden']}) "
+            f"took **{g['seconds']:.1f} s, {1e3 * g['seconds_per_point']:.0f} ms per grid point** (one blocked pass "
+            "of scores per window shared by every θ; each λ a `logaddexp`).",
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ from benchmarks import neural_cache  # noqa: E402
 
 
 def test_run_times_both_sides_and_they_compute_the_same_values():
-    result = neural_cache.run(tokens=40, vocab=30, hidden=8, window=25, naive_tokens=12, repeats=1)
+    result = neural_cache.run(tokens=40, vocab=30, hidden=8, window=25, naive_tokens=12, repeats=1, tune_grid=False)
     assert (result["tokens"], result["vocab"], result["hidden"], result["window"]) == (40, 30, 8, 25)
     assert result["naive_tokens"] == result["compared"] == 12 and result["repeats"] == 1
     for side in ("vectorised", "naive", "naive_one_position"):
@@ -35,3 +35,9 @@ def test_synthetic_stream_is_consistent():
     torch.testing.assert_close(data["probs"].sum(1), torch.ones(260))
     from_probs = data["probs"].gather(1, data["targets"][:260, None]).squeeze(1).log()
     torch.testing.assert_close(from_probs, data["target_log_probs"][:260])
+
+
+def test_grid_timing_runs_the_tuning_scripts_default_grid():
+    grid = neural_cache.grid_timing(None, tokens=500, hidden=8, window=20)
+    assert grid["points"] == 7 * 8 and grid["tokens"] == 500 and not grid["real_text"]
+    assert grid["seconds"] > 0 and grid["seconds_per_point"] == grid["seconds"] / grid["points"]
