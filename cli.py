@@ -37,10 +37,11 @@ from jsonargparse import Namespace
 from jsonargparse._common import debug_mode_active
 from pytorch_lightning import LightningDataModule, LightningModule, Trainer
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
 from cli_checks import explain_config_error, model_class_problem, read_checkpoint, run_config_problem, state_problem
 from cli_loggers import prepare_loggers
+from cli_lr_find import SuperconvergenceTrainer, fit_command, plot
 from cli_resume import (RUN_KEY, ResumeProblem, choose_last, explicit_resume_warning, flatten, new_run_id, read_run,
                         run_length_problem)
 from datamodules.resumable_loader import POSITION_KEY  # a new run starts its data at the beginning
@@ -111,6 +112,15 @@ class LoggedSaveConfigCallback(SaveConfigCallback):
 
 
 class SuperconvergenceCLI(LightningCLI):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.argv = list(sys.argv[1:] if kwargs.get("args") is None else kwargs["args"])  # for lr_find's fit line
+        super().__init__(*args, **kwargs)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """Lightning's, and `lr_find`: the learning-rate range test (`cli_lr_find.py`)."""
+        return {**LightningCLI.subcommands(), "lr_find": {"model", "datamodule"}}
+
     checkpoint: dict | None = None  # ckpt_path, read once (tensors memory-mapped) for the checks before the run
     resumed: dict | None = None  # the run record of the checkpoint a `fit` resumes (cli_resume.read_run)
     run: dict[str, Any] = {}  # this fit's run id and parent, for the checkpoints and the loggers
@@ -184,7 +194,7 @@ class SuperconvergenceCLI(LightningCLI):
                 config.ckpt_path = choose_last(root, self.flat_config(config))["path"]
             except ResumeProblem as problem:
                 stop(str(problem), problem)
-        if self.subcommand and config.get("weights_only") is None:
+        if self.subcommand and "weights_only" in config and config.get("weights_only") is None:
             config.weights_only = True  # tensors and plain values only: a checkpoint cannot run code when loaded
         # Let the flags win over callbacks in the YAML that would otherwise refuse to start.
         unwanted = []
@@ -256,6 +266,36 @@ class SuperconvergenceCLI(LightningCLI):
         except CheckpointSpaceError as error:
             stop(str(error), error, status=1)
 
+    def before_lr_find(self) -> None:
+        self.check_data_and_checkpoint("fit")
+
+    def lr_find(self, **kwargs: Any) -> None:
+        """The range test; then its suggestion and rule, the curve as PNG and CSV in the run folder (and on W&B),
+        and the `fit` command with the suggested lr."""
+        try:
+            result = self.trainer.lr_find(**kwargs)
+        except ValueError as error:
+            stop(str(error), error)
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "lr_find"
+        folder.mkdir(parents=True, exist_ok=True)
+        plot(result, folder / "lr_find.png")
+        (folder / "lr_find.csv").write_text("lr,smoothed_loss\n" + "".join(
+            f"{lr!r},{loss!r}\n" for lr, loss in zip(result["lrs"], result["losses"])))
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_table("lr_find/curve", columns=["lr", "smoothed_loss"],
+                                 data=[[lr, loss] for lr, loss in zip(result["lrs"], result["losses"])])
+                logger.log_image("lr_find/plot", images=[str(folder / "lr_find.png")])
+                logger.log_metrics({"lr_find/suggested_lr": result["suggested_lr"]})
+        stopped = " (stopped early: the loss diverged)" if result["stopped_early"] else ""
+        print(f"lr_find: {len(result['lrs'])} steps from {result['min_lr']:g} to {result['lrs'][-1]:.3g}{stopped}; "
+              f"suggested max lr {result['suggested_lr']:.3g}, by {result['rule']}: the smoothed loss is lowest at "
+              f"lr {result['lr_at_min_loss']:.3g}, where training is already at the edge of diverging, and the "
+              f"1cycle spends about half its steps near its max lr (the steepest descent is at "
+              f"{result['steepest_lr']:.3g}). Curve: {folder / 'lr_find.png'}\n"
+              f"train with it: {fit_command(self.argv, result['suggested_lr'], result['stage'])}", flush=True)
+        self.lr_find_result = result
+
     def before_validate(self) -> None:
         self.check_data_and_checkpoint("validate")
 
@@ -277,6 +317,7 @@ def main(args: list[str] | None = None, run: bool = True) -> SuperconvergenceCLI
         parser_class=ExplainingArgumentParser,
         save_config_callback=LoggedSaveConfigCallback,
         save_config_kwargs={"overwrite": True},
+        trainer_class=SuperconvergenceTrainer,
         args=args,
         run=run,
     )
