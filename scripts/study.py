@@ -15,6 +15,7 @@ A study file:
     metrics: [test/acc, test/acc_tta]                         # the table's columns
     curve: val/acc                                            # plotted per epoch
     notes: "..."                                              # optional: what the numbers say, put under the table
+    heatmap: {metric: test/acc, rows: lr, columns: decay}     # optional: a map per part of `columns` before ":"
     tune_cache: {windows: [2000, 3785], thetas: [...]}        # optional (language models): scripts/tune_cache.py
                                                               # on each run's last.ckpt; its test/ppl_cache_tuned
                                                               # and val/ppl_cache_tuned can then be metrics
@@ -164,6 +165,14 @@ def report(study: dict, runs: list[dict], root: Path = REPO) -> Path:
     if results and study["curve"]:
         study_report.plot_curves(results, group_axes, study["curve"], out_dir / "curves.png")
         lines += [f"![{study['curve']} per epoch]({study['name']}/curves.png)", ""]
+    if results and study.get("heatmap"):
+        spec = study["heatmap"]
+        best = study_report.plot_heatmaps(results, spec["rows"], spec["columns"], spec["metric"], out_dir / "heatmaps.png")
+        lines += [f"![{spec['metric']} over {spec['rows']} × {spec['columns']}, the best cell of each map outlined]"
+                  f"({study['name']}/heatmaps.png)", "", "Best cell per map (mean over "
+                  f"{study['average_over']}): " + "; ".join(f"{panel}: {spec['rows']} {row}, {spec['columns']} "
+                                                             f"{column} → {value:.4f}" for panel, (row, column, value)
+                                                             in best.items()) + ".", ""]
     if results and study_report.plot_schedule(results[0]["rows"], out_dir / "schedule.png"):
         lines += [f"![lr and beta1 per step of one run]({study['name']}/schedule.png)", ""]
     path = root / "docs" / "results" / f"{study['name']}.md"

@@ -72,6 +72,49 @@ def tuned_table(runs: list[dict], group_axes: list[str]) -> str:
     return "\n".join(lines)
 
 
+def plot_heatmaps(runs: list[dict], rows: str, columns: str, metric: str, path: Path) -> dict[str, tuple]:
+    """`metric` (mean over the other axes) as maps of `rows` × `columns`; a `columns` label "panel:value" puts the
+    cell on the map of its panel (e.g. "adamw:0.1": AdamW's map, weight decay 0.1). Rows and columns are sorted
+    numerically. Returns each panel's best cell (row, column, value); the best is outlined on the map."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells: dict[str, dict[tuple[str, str], list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        value = run["final"].get(metric)
+        panel, _, column = run["labels"][columns].rpartition(":")
+        if value is not None:
+            cells[panel or metric][(run["labels"][rows], column)].append(value)
+    figure, axes = plt.subplots(1, len(cells), figsize=(4.6 * len(cells), 3.8), squeeze=False)
+    best = {}
+    for axis, (panel, values) in zip(axes[0], cells.items()):
+        row_labels = sorted({r for r, _ in values}, key=float)
+        column_labels = sorted({c for _, c in values}, key=float)
+        means = [[statistics.fmean(values[(r, c)]) if values.get((r, c)) else math.nan for c in column_labels]
+                 for r in row_labels]
+        image = axis.imshow(means, origin="lower", aspect="auto", cmap="viridis")
+        for i, r in enumerate(row_labels):
+            for j, c in enumerate(column_labels):
+                if not math.isnan(means[i][j]):
+                    axis.text(j, i, f"{means[i][j]:.3f}", ha="center", va="center", fontsize=7, color="white")
+        i, j = max(((i, j) for i in range(len(row_labels)) for j in range(len(column_labels))
+                    if not math.isnan(means[i][j])), key=lambda ij: means[ij[0]][ij[1]])
+        axis.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+        best[panel] = (row_labels[i], column_labels[j], means[i][j])
+        axis.set_xticks(range(len(column_labels)), column_labels, fontsize=8)
+        axis.set_yticks(range(len(row_labels)), row_labels, fontsize=8)
+        axis.set_xlabel(f"{columns} ({panel})" if panel != metric else columns)
+        axis.set_ylabel(rows)
+        axis.set_title(panel, fontsize=9)
+        figure.colorbar(image, ax=axis, label=metric)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return best
+
+
 def plot_curves(runs: list[dict], group_axes: list[str], metric: str, path: Path) -> None:
     """`metric` per epoch, mean over the seeds, one line per setting."""
     import matplotlib

@@ -38,7 +38,7 @@ def test_the_sweep_follows_the_range_and_leaves_the_model_as_it_was(cifar_dir, t
     assert (folder / "lr_find.csv").read_text().count("\n") == 13
     printed = capsys.readouterr().out
     assert f"suggested max lr {result['suggested_lr']:.3g}, by the lr at the minimum of the smoothed loss" in printed
-    assert f"train with it: python cli.py fit --config configs/cifar.yaml" in printed
+    assert "train with it: python cli.py fit --config configs/cifar.yaml" in printed
     assert f"--model.init_args.optimizer.init_args.lr {result['suggested_lr']:.3g}" in printed
     assert result["suggested_lr"] == pytest.approx(result["lr_at_min_loss"] / 10)
 

@@ -109,3 +109,32 @@ def test_tuned_cache_results_become_metrics_and_a_table(tmp_path):
                                       {"labels": {"model": "qrnn", "seed": "1"}, "tuned": {**tuned, "cache/theta": 0.45}}],
                                      ["model"])
     assert table.splitlines()[-1] == "| qrnn | 0.3 / 0.45 | 0.16 / 0.16 | 2000 / 2000 |"
+
+
+def test_heatmaps_put_each_optimizer_on_its_own_map_and_mark_its_best_cell(tmp_path):
+    def run(decay: str, lr: str, seed: str, acc: float) -> dict:
+        return {"labels": {"decay": decay, "lr": lr, "seed": seed}, "final": {"test/acc": acc}}
+
+    runs = [run("adamw:0.1", "0.001", "0", 0.50), run("adamw:0.1", "0.001", "1", 0.54), run("adamw:1", "0.001", "0", 0.40),
+            run("adamw:0.1", "0.01", "0", 0.45), run("adamw:1", "0.01", "0", 0.30),
+            run("adam_l2:1e-06", "0.001", "0", 0.48), run("adam_l2:0.001", "0.001", "0", 0.20)]
+    best = study_report.plot_heatmaps(runs, "lr", "decay", "test/acc", tmp_path / "maps.png")
+    assert best == {"adamw": ("0.001", "0.1", pytest.approx(0.52)), "adam_l2": ("0.001", "1e-06", 0.48)}
+    assert (tmp_path / "maps.png").stat().st_size > 0
+
+
+def test_the_lr_wd_study_sets_each_cells_optimizer_lr_and_decay(cifar_dir):
+    import cli
+
+    study = study_script.load_study(REPO / "configs" / "studies" / "cifar_lr_wd.yaml")
+    runs = study_script.combinations(study)
+    assert len(runs) == 10 * 3 * len(study["grid"]["seed"])
+    for labels in ({"decay": "adamw:0.3", "lr": "0.01"}, {"decay": "adam_l2:1e-05", "lr": "0.001"}):
+        chosen = next(r for r in runs if all(r["labels"][k] == v for k, v in labels.items()))
+        parsed = cli.main([*chosen["args"], *TINY_WRN_ARGS, "--data.data_dir", str(cifar_dir), "--data.download",
+                           "false"], run=False)
+        optimizer = parsed.model.optimizer_factory([__import__("torch").nn.Parameter(__import__("torch").zeros(1))])
+        assert type(optimizer).__name__ == ("AdamW" if labels["decay"].startswith("adamw") else "Adam")
+        assert optimizer.defaults["lr"] == float(labels["lr"])
+        assert optimizer.defaults["weight_decay"] == float(labels["decay"].split(":")[1])
+        assert parsed.datamodule.train_subset == 5000 and parsed.trainer.max_epochs == 8
