@@ -288,6 +288,10 @@ class SuperconvergenceCLI(LightningCLI):
                 logger.log_image("lr_find/plot", images=[str(folder / "lr_find.png")])
                 logger.log_metrics({"lr_find/suggested_lr": result["suggested_lr"]})
         stopped = " (stopped early: the loss diverged)" if result["stopped_early"] else ""
+        if not result["turned_up"]:
+            warnings.warn(f"lr_find: the loss was still lowest at the end of the range (lr {result['lrs'][-1]:.3g}), "
+                          "so its minimum, and the suggestion, are not where the loss turns up: run again with a "
+                          "larger --max_lr.", stacklevel=2)
         print(f"lr_find: {len(result['lrs'])} steps from {result['min_lr']:g} to {result['lrs'][-1]:.3g}{stopped}; "
               f"suggested max lr {result['suggested_lr']:.3g}, by {result['rule']}: the smoothed loss is lowest at "
               f"lr {result['lr_at_min_loss']:.3g}, where training is already at the edge of diverging, and the "

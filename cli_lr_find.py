@@ -109,7 +109,8 @@ def suggest(lrs: list[float], smoothed: list[float]) -> dict[str, Any]:
         raise ValueError(f"lr_find recorded {len(finite)} finite losses: raise --num_training or --max_lr.")
     at_min = min(finite, key=lambda i: smoothed[i])
     steepest = min(finite[1:], key=lambda i: (smoothed[i] - smoothed[i - 1]) / (math.log(lrs[i]) - math.log(lrs[i - 1])))
-    return {"suggested_lr": lrs[at_min] / 10, "rule": RULE, "lr_at_min_loss": lrs[at_min],
+    turned = at_min < len(smoothed) - 2  # the loss rose again after its minimum
+    return {"suggested_lr": lrs[at_min] / 10, "rule": RULE, "lr_at_min_loss": lrs[at_min], "turned_up": turned,
             "min_smoothed_loss": smoothed[at_min], "steepest_lr": lrs[steepest]}
 
 
@@ -117,12 +118,13 @@ class SuperconvergenceTrainer(pl.Trainer):
     """Lightning's Trainer with the lr range test as a method, so `cli.py lr_find` exists with its options."""
 
     def lr_find(self, model: pl.LightningModule, datamodule: pl.LightningDataModule | None = None,
-                min_lr: float = 1e-6, max_lr: float = 1.0, num_training: int = 100,
+                min_lr: float = 1e-6, max_lr: float = 10.0, num_training: int = 100,
                 early_stop_threshold: float | None = 4.0, stage: int | None = None) -> dict[str, Any]:
         """Learning-rate range test: a short fit at an exponentially growing lr; the loss curve and a suggested max lr.
 
         Args:
             min_lr, max_lr: the sweep's first and last lr (of the top param group; the others keep their ratios).
+                fastai's range, up to 10: the curve must turn up for its minimum to mean something.
             num_training: optimizer steps of the sweep, one lr each.
             early_stop_threshold: stop once the smoothed loss exceeds this × its best so far (null: never).
             stage: fine-tuning stage to test (1-based; the model's `stages`), e.g. 1 frozen, 2 unfrozen.

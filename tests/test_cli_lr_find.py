@@ -4,6 +4,7 @@ sentence. (On real CIFAR images the curve falls, then rises: tests/test_cifar_re
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -23,9 +24,13 @@ def cifar_args(cifar_dir, root, *extra: str) -> list[str]:
 
 
 def test_the_sweep_follows_the_range_and_leaves_the_model_as_it_was(cifar_dir, tmp_path, capsys):
-    run = cli.main(["lr_find", *cifar_args(cifar_dir, tmp_path), "--min_lr", "1e-4", "--max_lr", "1e-1",
-                    "--num_training", "12", "--early_stop_threshold", "null"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = cli.main(["lr_find", *cifar_args(cifar_dir, tmp_path), "--min_lr", "1e-4", "--max_lr", "1e-1",
+                        "--num_training", "12", "--early_stop_threshold", "null"])
     result = run.lr_find_result
+    said = any("still lowest at the end of the range" in str(w.message) for w in caught)
+    assert said is (not result["turned_up"])  # a curve that never turned up is flagged
     expected = [1e-4 * 1000 ** (k / 11) for k in range(12)]  # exponential, first and last included
     assert result["lrs"] == pytest.approx(expected, rel=1e-9) and len(result["losses"]) == 12
     assert all(math.isfinite(loss) for loss in result["losses"]) and not result["stopped_early"]
