@@ -46,6 +46,7 @@ from cli_resume import (RUN_KEY, ResumeProblem, choose_last, explicit_resume_war
                         run_length_problem)
 from datamodules.resumable_loader import POSITION_KEY  # a new run starts its data at the beginning
 from lightning_modules.checkpoint_io import CheckpointSpaceError
+from lightning_modules.prediction_csv import PredictionCSV
 
 # Startup noise this project can silence without hiding a real problem (README "A quiet start"): Lightning's
 # advertisement for its hosted logger at every Trainer, and deprecation notices raised inside Lightning itself
@@ -135,6 +136,11 @@ class SuperconvergenceCLI(LightningCLI):
             "--test_after_fit", type=bool, default=True,
             help="After `fit`, evaluate the final weights on the test split (test/acc, test/acc_tta).",
         )
+        parser.add_argument("--predictions", type=str | None, default=None,
+                            help="`predict`: the CSV to write (default: <trainer.default_root_dir>/predictions.csv).")
+        parser.add_argument("--top_k", type=int, default=5, help="`predict`: classes per image in the CSV.")
+        parser.add_argument("--predict_tta", type=bool, default=False,
+                            help="`predict`: average the model's tta augmented views with the plain image.")
 
     def flat_config(self, config: Namespace) -> dict[str, Any]:
         """The subcommand's config as config.yaml would hold it, flattened (`cli_resume.flatten`)."""
@@ -221,9 +227,11 @@ class SuperconvergenceCLI(LightningCLI):
         """
         config = self.config[self.subcommand]
         if self.datamodule is not None and self.trainer.local_rank == 0:
-            loaders = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ())
+            loaders = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",),
+                       "predict": ("predict",)}.get(stage, ())
             try:
-                self.datamodule.prepare_data()
+                if stage != "predict":  # prediction reads images of one's own, never downloads the dataset
+                    self.datamodule.prepare_data()
                 self.datamodule.setup(stage)
                 for split in loaders:  # built, not iterated: their checks (batch size vs data size) run now
                     getattr(self.datamodule, f"{split}_dataloader")()
@@ -299,6 +307,25 @@ class SuperconvergenceCLI(LightningCLI):
               f"{result['steepest_lr']:.3g}). Curve: {folder / 'lr_find.png'}\n"
               f"train with it: {fit_command(self.argv, result['suggested_lr'], result['stage'])}", flush=True)
         self.lr_find_result = result
+
+    def before_predict(self) -> None:
+        self.check_data_and_checkpoint("predict")
+
+    def predict(self, **kwargs: Any) -> None:
+        """Images of one's own (`--data.predict_dir`) → one CSV of top-k classes (`lightning_modules/prediction_csv`)."""
+        config = self.config[self.subcommand]
+        path = Path(config.get("predictions") or Path(self.trainer.default_root_dir) / "predictions.csv")
+        try:
+            writer = PredictionCSV(path, config.get("top_k"))
+        except ValueError as error:
+            stop(str(error), error)
+        self.model.predict_tta = bool(config.get("predict_tta"))
+        self.trainer.callbacks.append(writer)
+        try:
+            self.trainer.predict(**{**kwargs, "return_predictions": True})
+        except ValueError as error:  # an unreadable image, named
+            stop(str(error).splitlines()[0], error)
+        print(f"predict: {writer.rows} images, top {config.get('top_k')} classes each → {path}", flush=True)
 
     def before_validate(self) -> None:
         self.check_data_and_checkpoint("validate")

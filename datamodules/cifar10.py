@@ -20,9 +20,11 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision.transforms import v2
 
 from datamodules import cifar10_files
 from datamodules.batch_augment import normalize, random_crop_flip
+from datamodules.image_folder import ImageFolder, predict_loader
 from datamodules.resumable_loader import POSITION_KEY, ResumableDataLoader, TrainLoaderPosition
 
 # Channel statistics the seed normalised with (sgugger/Adam-experiments train_cifar10.py).
@@ -48,6 +50,13 @@ class TensorBatchDataset(Dataset):
         return self.images[index], self.labels[index]
 
 
+def fit_to_32(image: torch.Tensor) -> torch.Tensor:
+    """An image of any size as a 32×32 CIFAR image: shorter side to 32, centre crop (untouched if 32×32)."""
+    if image.shape[-2:] == (32, 32):
+        return image
+    return v2.functional.center_crop(v2.functional.resize(image, 32, antialias=True), [32, 32])
+
+
 def _already_batched(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return batch
 
@@ -64,10 +73,14 @@ class CIFAR10DataModule(pl.LightningDataModule):
         train_subset: keep only this many training images (a fixed random subset), for CPU-sized runs.
         pad: reflect padding before the random 32×32 crop (the seed: 4).
         eval_batch_size: batch size for validation/test (default: `batch_size`).
+        predict_dir: a folder of PNG/JPEG images for `cli.py predict` (`datamodules/image_folder.py`), resized to
+            32×32 (shorter side, then centre crop) where they are not; prediction reads no training data.
+
+    Class names: `batches.meta`'s `label_names` when the data has it (else CIFAR-10's), kept in every
+    checkpoint (`state_dict`) so that prediction from a checkpoint names the classes without the data.
     """
 
     num_classes = cifar10_files.NUM_CLASSES
-    classes = CLASSES
 
     def __init__(
         self,
@@ -79,6 +92,7 @@ class CIFAR10DataModule(pl.LightningDataModule):
         train_subset: int | None = None,
         pad: int = 4,
         eval_batch_size: int | None = None,
+        predict_dir: str | None = None,
     ):
         super().__init__()
         if batch_size <= 0:
@@ -95,16 +109,26 @@ class CIFAR10DataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.mean = torch.tensor(CIFAR10_MEAN)
         self.std = torch.tensor(CIFAR10_STD)
-        self.train_set = self.val_set = self.test_set = None
+        self.train_set = self.val_set = self.test_set = self.predict_set = None
         self.train_position = TrainLoaderPosition()
+        self.predict_dir = predict_dir
+        self.classes = list(CLASSES)
 
     def prepare_data(self) -> None:
-        if self.download:
+        predicting = self.trainer is not None and self.trainer.predicting  # images of one's own: no dataset needed
+        if self.download and not predicting:
             cifar10_files.download(self.data_dir)
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "predict":  # images of one's own: the training data is not needed, nor read
+            if self.predict_dir is None:
+                raise ValueError("data.predict_dir is not set: give the folder of images to classify, e.g. "
+                                 "--data.predict_dir my_images.")
+            self.predict_set = ImageFolder(self.predict_dir, fit_to_32)
+            return
         if self.train_set is not None:
             return
+        self.classes = cifar10_files.load_label_names(self.data_dir) or self.classes
         train_x, train_y = cifar10_files.load_split(self.data_dir, train=True)
         test_x, test_y = cifar10_files.load_split(self.data_dir, train=False)
         order = np.random.default_rng(0).permutation(len(train_y))  # fixed: the same split on every rank and run
@@ -147,12 +171,17 @@ class CIFAR10DataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return DataLoader(self.test_set, batch_size=self.eval_batch_size, **self._loader_options())
 
+    def predict_dataloader(self) -> DataLoader:
+        return predict_loader(self.predict_set, self.eval_batch_size, self.num_workers)
+
     def state_dict(self) -> dict[str, Any]:
-        """The training loader's position travels with every checkpoint (`datamodules/resumable_loader.py`)."""
+        """The class names and the training loader's position (`datamodules/resumable_loader.py`) travel with
+        every checkpoint."""
         position = self.train_position.state_dict(self.trainer)
-        return {POSITION_KEY: position} if position is not None else {}
+        return {"classes": list(self.classes), **({POSITION_KEY: position} if position is not None else {})}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.classes = list(state_dict.get("classes") or self.classes)
         self.train_position.load_state_dict(state_dict.get(POSITION_KEY), self.trainer)
 
     def augment(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -71,6 +71,19 @@ def _load_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, *IMAGE_SHAPE), labels
 
 
+def load_label_names(data_dir: str | Path) -> list[str] | None:
+    """The class names in `batches.meta` (`label_names`), or None where the file is absent or unreadable."""
+    path = Path(data_dir) / FOLDER / "batches.meta"
+    try:
+        with open(path, "rb") as f:
+            names = _ArrayOnlyUnpickler(f, encoding="bytes").load().get(b"label_names")
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ValueError):
+        return None
+    if not isinstance(names, list) or len(names) != NUM_CLASSES:
+        return None
+    return [name.decode() if isinstance(name, bytes) else str(name) for name in names]
+
+
 def load_split(data_dir: str | Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
     """Images (N,3,32,32) uint8 and labels (N,) int64 of the train or test split under `data_dir`."""
     root = Path(data_dir)

@@ -8,6 +8,7 @@ Test-time augmentation (`augment`) runs on the device on the normalised centre c
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -18,6 +19,7 @@ from torchvision.transforms import v2
 
 from datamodules import stanford_cars_files as files
 from datamodules.batch_augment import normalize, random_affine_flip_lighting
+from datamodules.image_folder import ImageFolder, predict_loader
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the pretrained ResNet's input statistics
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,6 +72,11 @@ class StanfordCarsDataModule(pl.LightningDataModule):
         crop_to_bbox: crop each image to its annotated bounding box first (the seed used whole images).
         max_zoom, max_rotation, lighting: the seed's augmentation strengths (1.05, 10°, 0.05).
         eval_batch_size: batch size for validation/test (default: `batch_size`).
+        predict_dir: a folder of PNG/JPEG images for `cli.py predict` (`datamodules/image_folder.py`), given the
+            evaluation transform (shorter side to `image_size`, centre crop); prediction reads no training data.
+
+    The class names (from `cars_meta.mat` or `cars_annos.mat`) are kept in every checkpoint (`state_dict`), so
+    prediction from a checkpoint names the classes without the dataset.
     """
 
     num_classes = files.NUM_CLASSES
@@ -86,6 +93,7 @@ class StanfordCarsDataModule(pl.LightningDataModule):
         max_rotation: float = 10.0,
         lighting: float = 0.05,
         eval_batch_size: int | None = None,
+        predict_dir: str | None = None,
     ):
         super().__init__()
         for name, value in (("batch_size", batch_size), ("image_size", image_size)):
@@ -105,9 +113,16 @@ class StanfordCarsDataModule(pl.LightningDataModule):
         self.max_zoom, self.max_rotation, self.lighting = max_zoom, max_rotation, lighting
         self.mean, self.std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
         self.classes: list[str] = []
-        self.train_set = self.val_set = self.test_set = None
+        self.train_set = self.val_set = self.test_set = self.predict_set = None
+        self.predict_dir = predict_dir
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "predict":  # images of one's own: the dataset is not needed, nor read
+            if self.predict_dir is None:
+                raise ValueError("data.predict_dir is not set: give the folder of images to classify, e.g. "
+                                 "--data.predict_dir my_images.")
+            self.predict_set = ImageFolder(self.predict_dir, self.eval_tf)
+            return
         need_test = stage in ("test", "predict") or (self.val_split == 0 and stage in ("fit", "validate", None))
         why = "testing" if stage in ("test", "predict") else "validation (data.val_split: 0 validates on test)"
         files.check_files(self.data_dir, need_test_labels=need_test, why_test=why)
@@ -159,6 +174,15 @@ class StanfordCarsDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, self.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return predict_loader(self.predict_set, self.eval_batch_size, self.num_workers)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"classes": list(self.classes)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.classes = list(state_dict.get("classes") or self.classes)
 
     def augment(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training-like views of normalised centre crops, on the device (for the model's TTA): zoom, rotation,

@@ -81,6 +81,7 @@ class ImageClassifier(pl.LightningModule):
         self.tta, self.tta_seed = tta, tta_seed
         self.decay_norm_and_bias, self.channels_last = decay_norm_and_bias, channels_last
         self.uses_channels_last = False  # decided in `setup`, once the device is known
+        self.predict_tta = False  # `cli.py predict --predict_tta true`: average the tta views in predictions
         self.compile_enabled = compile  # not `self.compile`: that is nn.Module's method
         self.init_weights = init_weights
         self.stages = as_stages(stages)
@@ -156,6 +157,17 @@ class ImageClassifier(pl.LightningModule):
         if self.tta > 0:
             self.test_acc_tta(self._tta_probabilities(images, logits, batch_idx), labels)
             self.log("test/acc_tta", self.test_acc_tta)
+
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Class probabilities of images of one's own (`cli.py predict`): the softmax, or with `predict_tta` its
+        average with the model's `tta` augmented views, as `test/acc_tta` computes it."""
+        images, indices = batch
+        logits = self(images)
+        if self.predict_tta and self.tta > 0:
+            probs = self._tta_probabilities(images, logits, batch_idx)
+        else:
+            probs = logits.softmax(dim=1)
+        return {"indices": indices.cpu(), "probs": probs.float().cpu()}
 
     def _tta_probabilities(self, images: torch.Tensor, logits: torch.Tensor, batch_idx: int) -> torch.Tensor:
         """Mean softmax of the plain image and `tta` views made by the datamodule's training augmentation."""
