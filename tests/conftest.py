@@ -61,6 +61,20 @@ def real_cifar_archive() -> Path:
 
 
 @pytest.fixture(scope="session")
+def real_cifar_subset(real_cifar_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """500 train + 100 test real images a class, converted to the official layout by the shared tool (~4 s), once
+    per test run for every test that reads real CIFAR-10."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("real_cifar")
+    subprocess.run([sys.executable, str(SHARED_TOOLS / "cifar10_from_jpg.py"), str(out), "--archive",
+                    str(real_cifar_archive), "--train-per-class", "500", "--test-per-class", "100"],
+                   check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="session")
 def cars_devkit() -> Path:
     devkit = SHARED_DATA / "stanford-cars-devkit"
     if not (devkit / "cars_train_annos.mat").is_file():

@@ -2,23 +2,10 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import pytest
 
 import cli
-from tests.conftest import SHARED_TOOLS
-
-
-@pytest.fixture(scope="module")
-def real_cifar_subset(real_cifar_archive, tmp_path_factory):
-    """500 train + 100 test images a class, converted to the official layout by the shared tool (~4 s)."""
-    out = tmp_path_factory.mktemp("real_cifar")
-    subprocess.run([sys.executable, str(SHARED_TOOLS / "cifar10_from_jpg.py"), str(out), "--archive",
-                    str(real_cifar_archive), "--train-per-class", "500", "--test-per-class", "100"],
-                   check=True, capture_output=True)
-    return out
 
 
 @pytest.mark.slow
