@@ -223,7 +223,9 @@ class QRNNLayer(nn.Module):
         if self.training and self.weight_drop > 0:
             weight = F.dropout(weight, self.weight_drop, training=True)
         gates = F.linear(source, weight, self.linear.bias).chunk(3 if self.output_gate else 2, dim=2)
-        c = fo_pool(torch.sigmoid(gates[1]), torch.tanh(gates[0]), c0)
+        # torch.export (scripts/export.py) traces the plain loop: fo_pool's `out=` writes cannot be traced
+        pool = fo_pool_loop if torch.compiler.is_exporting() else fo_pool
+        c = pool(torch.sigmoid(gates[1]), torch.tanh(gates[0]), c0)
         h = torch.sigmoid(gates[2]) * c if self.output_gate else c
         return h, (c[:, -1], last_x)
 
