@@ -23,27 +23,25 @@ What it adds to LightningCLI, and why:
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 import yaml
 from jsonargparse import Namespace
-from jsonargparse._common import debug_mode_active
-from pytorch_lightning import LightningDataModule, LightningModule, Trainer
-from pytorch_lightning.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from pytorch_lightning.loggers import CSVLogger, WandbLogger
+from pytorch_lightning import LightningDataModule, LightningModule
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
-from cli_checks import explain_config_error, model_class_problem, read_checkpoint, run_config_problem, state_problem
+from cli_checks import (ExplainingArgumentParser, explain_config_error, model_class_problem, read_checkpoint,
+                        run_config_problem, state_problem, stop)
 from cli_loggers import prepare_loggers
-from cli_lr_find import SuperconvergenceTrainer, fit_command, plot
-from cli_resume import (RUN_KEY, ResumeProblem, choose_last, explicit_resume_warning, flatten, new_run_id, read_run,
-                        run_length_problem)
+from cli_lr_find import SuperconvergenceTrainer, report
+from cli_resume import (LoggedSaveConfigCallback, ResumeProblem, choose_last, explicit_resume_warning, flatten,
+                        new_run_id, read_run, run_length_problem)
 from datamodules.resumable_loader import POSITION_KEY  # a new run starts its data at the beginning
 from lightning_modules.checkpoint_io import CheckpointSpaceError
 from lightning_modules.prediction_csv import PredictionCSV
@@ -58,58 +56,6 @@ warnings.filterwarnings("ignore", message=r"\s*skip_none parameter was deprecate
 
 def default_precision() -> str:
     return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
-
-
-class ExplainingArgumentParser(LightningArgumentParser):
-    """Reports a bad config as one sentence (field, problem, fix) and exits with status 2, nothing written.
-
-    `JSONARGPARSE_DEBUG=1` brings back jsonargparse's full report and the traceback.
-    """
-
-    def option_names(self) -> list[str]:
-        names = []
-        for action in self._actions:
-            names += action.option_strings
-            if isinstance(action, argparse._SubParsersAction):
-                names += [n for sub in action.choices.values() for n in ExplainingArgumentParser.option_names(sub)]
-        return names
-
-    def error(self, message: str, ex: Exception | None = None):
-        if not self.exit_on_error or debug_mode_active():
-            super().error(message, ex)
-        stop(explain_config_error(message, self.option_names()))
-
-
-def stop(sentence: str, error: Exception | None = None, status: int = 2) -> NoReturn:
-    """Ends the run on bad input (status 2) or on a condition it cannot go on in (status 1, e.g. a full disk): the
-    sentence on stderr, no traceback (`JSONARGPARSE_DEBUG=1`: the traceback)."""
-    if error is not None and debug_mode_active():
-        raise error
-    sys.stderr.write(f"cli.py: error: {sentence}\n")
-    sys.exit(status)
-
-
-class LoggedSaveConfigCallback(SaveConfigCallback):
-    """Saves config.yaml in the run's log dir (beside `checkpoints/`), sends the whole config to the loggers, and
-    writes the run's record into every checkpoint (`cli_resume.RUN_KEY`: what a resume needs to find this run and
-    continue it — the config as YAML, the run id, the world size, the CSV version, the parent run)."""
-
-    run: dict[str, Any] = {}  # {"id": ..., "parent": ...}, set by the CLI before `fit`
-
-    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        # As config.yaml holds it: plain values (`as_dict()` would keep jsonargparse's Path objects, which the CSV
-        # logger's hparams.yaml would then write as Python object tags that no safe YAML loader reads).
-        config = yaml.safe_load(self.parser.dump(self.config, skip_unset=False))
-        if self.run:
-            config["run"] = dict(self.run)
-        for logger in trainer.loggers:
-            logger.log_hyperparams(config)
-
-    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
-        csv_versions = [logger.version for logger in trainer.loggers if isinstance(logger, CSVLogger)]
-        checkpoint[RUN_KEY] = {**self.run, "config": self.parser.dump(self.config, skip_unset=False),
-                               "world_size": trainer.world_size,
-                               "csv_version": csv_versions[0] if csv_versions else None}
 
 
 class SuperconvergenceCLI(LightningCLI):
@@ -284,28 +230,8 @@ class SuperconvergenceCLI(LightningCLI):
             result = self.trainer.lr_find(**kwargs)
         except ValueError as error:
             stop(str(error), error)
-        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "lr_find"
-        folder.mkdir(parents=True, exist_ok=True)
-        plot(result, folder / "lr_find.png")
-        (folder / "lr_find.csv").write_text("lr,smoothed_loss\n" + "".join(
-            f"{lr!r},{loss!r}\n" for lr, loss in zip(result["lrs"], result["losses"])))
-        for logger in self.trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_table("lr_find/curve", columns=["lr", "smoothed_loss"],
-                                 data=[[lr, loss] for lr, loss in zip(result["lrs"], result["losses"])])
-                logger.log_image("lr_find/plot", images=[str(folder / "lr_find.png")])
-                logger.log_metrics({"lr_find/suggested_lr": result["suggested_lr"]})
-        stopped = " (stopped early: the loss diverged)" if result["stopped_early"] else ""
-        if not result["turned_up"]:
-            warnings.warn(f"lr_find: the loss was still lowest at the end of the range (lr {result['lrs'][-1]:.3g}), "
-                          "so its minimum, and the suggestion, are not where the loss turns up: run again with a "
-                          "larger --max_lr.", stacklevel=2)
-        print(f"lr_find: {len(result['lrs'])} steps from {result['min_lr']:g} to {result['lrs'][-1]:.3g}{stopped}; "
-              f"suggested max lr {result['suggested_lr']:.3g}, by {result['rule']}: the smoothed loss is lowest at "
-              f"lr {result['lr_at_min_loss']:.3g}, where training is already at the edge of diverging, and the "
-              f"1cycle spends about half its steps near its max lr (the steepest descent is at "
-              f"{result['steepest_lr']:.3g}). Curve: {folder / 'lr_find.png'}\n"
-              f"train with it: {fit_command(self.argv, result['suggested_lr'], result['stage'])}", flush=True)
+        report(result, Path(self.trainer.log_dir or self.trainer.default_root_dir) / "lr_find",
+               self.trainer.loggers, self.argv)
         self.lr_find_result = result
 
     def before_predict(self) -> None:

@@ -8,18 +8,22 @@ thin CLI; this is the checking it calls.
 """
 from __future__ import annotations
 
+import argparse
 import difflib
 import importlib
 import inspect
 import os
 import pickle
 import re
+import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
+from jsonargparse._common import debug_mode_active
+from pytorch_lightning.cli import LightningArgumentParser
 
 from optim.arg_checks import one_cycle_arg_problem, optimizer_arg_problem
 
@@ -233,3 +237,32 @@ def state_problem(path: str | os.PathLike, checkpoint: dict, model: torch.nn.Mod
         except ValueError as error:
             return f"ckpt_path {path}: {error}"
     return None
+
+
+class ExplainingArgumentParser(LightningArgumentParser):
+    """Reports a bad config as one sentence (field, problem, fix) and exits with status 2, nothing written.
+
+    `JSONARGPARSE_DEBUG=1` brings back jsonargparse's full report and the traceback.
+    """
+
+    def option_names(self) -> list[str]:
+        names = []
+        for action in self._actions:
+            names += action.option_strings
+            if isinstance(action, argparse._SubParsersAction):
+                names += [n for sub in action.choices.values() for n in ExplainingArgumentParser.option_names(sub)]
+        return names
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error or debug_mode_active():
+            super().error(message, ex)
+        stop(explain_config_error(message, self.option_names()))
+
+
+def stop(sentence: str, error: Exception | None = None, status: int = 2) -> NoReturn:
+    """Ends the run on bad input (status 2) or on a condition it cannot go on in (status 1, e.g. a full disk): the
+    sentence on stderr, no traceback (`JSONARGPARSE_DEBUG=1`: the traceback)."""
+    if error is not None and debug_mode_active():
+        raise error
+    sys.stderr.write(f"cli.py: error: {sentence}\n")
+    sys.exit(status)

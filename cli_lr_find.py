@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -198,3 +200,30 @@ def plot(result: dict[str, Any], path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def report(result: dict[str, Any], folder: Path, loggers: list, argv: list[str]) -> None:
+    """The curve as PNG and CSV in `folder` (and on W&B), then the suggestion, its rule and the `fit` line."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    folder.mkdir(parents=True, exist_ok=True)
+    plot(result, folder / "lr_find.png")
+    (folder / "lr_find.csv").write_text("lr,smoothed_loss\n" + "".join(
+        f"{lr!r},{loss!r}\n" for lr, loss in zip(result["lrs"], result["losses"])))
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_table("lr_find/curve", columns=["lr", "smoothed_loss"],
+                             data=[[lr, loss] for lr, loss in zip(result["lrs"], result["losses"])])
+            logger.log_image("lr_find/plot", images=[str(folder / "lr_find.png")])
+            logger.log_metrics({"lr_find/suggested_lr": result["suggested_lr"]})
+    if not result["turned_up"]:
+        warnings.warn(f"lr_find: the loss was still lowest at the end of the range (lr {result['lrs'][-1]:.3g}), so "
+                      "its minimum, and the suggestion, are not where the loss turns up: run again with a larger "
+                      "--max_lr.", stacklevel=3)
+    stopped = " (stopped early: the loss diverged)" if result["stopped_early"] else ""
+    print(f"lr_find: {len(result['lrs'])} steps from {result['min_lr']:g} to {result['lrs'][-1]:.3g}{stopped}; "
+          f"suggested max lr {result['suggested_lr']:.3g}, by {result['rule']}: the smoothed loss is lowest at "
+          f"lr {result['lr_at_min_loss']:.3g}, where training is already at the edge of diverging, and the "
+          f"1cycle spends about half its steps near its max lr (the steepest descent is at "
+          f"{result['steepest_lr']:.3g}). Curve: {folder / 'lr_find.png'}\n"
+          f"train with it: {fit_command(argv, result['suggested_lr'], result['stage'])}", flush=True)

@@ -1,5 +1,6 @@
 """Resuming a run: which checkpoint belongs to this experiment, whether its 1cycle fits the run asked for, and
-what the loggers need to continue the same run (`cli.py` calls these; nothing here builds or writes anything).
+what the loggers need to continue the same run (`cli.py` calls these before anything is built or written); and
+the callback that writes the run's record into every checkpoint (`LoggedSaveConfigCallback`).
 
 Why: several runs often share one `--trainer.default_root_dir` (AdamW wd 0.1 beside wd 0.3 is the ordinary way to
 compare). "The newest last.ckpt" may then be another experiment's: with another optimizer Lightning crashes inside
@@ -25,6 +26,9 @@ from typing import Any
 
 import torch
 import yaml
+from pytorch_lightning import LightningModule, Trainer
+from pytorch_lightning.cli import SaveConfigCallback
+from pytorch_lightning.loggers import CSVLogger
 
 RUN_KEY = "superconvergence_run"  # the checkpoint entry that LoggedSaveConfigCallback writes
 RUN_LENGTH_KEYS = ("trainer.max_epochs", "trainer.max_steps", "trainer.accumulate_grad_batches",
@@ -169,3 +173,26 @@ def explicit_resume_warning(run: dict[str, Any], current: dict[str, Any]) -> str
     return (f"ckpt_path {run['path']} was trained with another config ({describe(diff, 5)}); resuming restores its "
             "model settings, optimizer state and schedule, so model and optimizer values given now are not used "
             f"— to train with them, start a new 1cycle from its weights: --model.init_args.init_weights {run['path']}.")
+
+
+class LoggedSaveConfigCallback(SaveConfigCallback):
+    """Saves config.yaml in the run's log dir (beside `checkpoints/`), sends the whole config to the loggers, and
+    writes the run's record into every checkpoint (`cli_resume.RUN_KEY`: what a resume needs to find this run and
+    continue it — the config as YAML, the run id, the world size, the CSV version, the parent run)."""
+
+    run: dict[str, Any] = {}  # {"id": ..., "parent": ...}, set by the CLI before `fit`
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # As config.yaml holds it: plain values (`as_dict()` would keep jsonargparse's Path objects, which the CSV
+        # logger's hparams.yaml would then write as Python object tags that no safe YAML loader reads).
+        config = yaml.safe_load(self.parser.dump(self.config, skip_unset=False))
+        if self.run:
+            config["run"] = dict(self.run)
+        for logger in trainer.loggers:
+            logger.log_hyperparams(config)
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        csv_versions = [logger.version for logger in trainer.loggers if isinstance(logger, CSVLogger)]
+        checkpoint[RUN_KEY] = {**self.run, "config": self.parser.dump(self.config, skip_unset=False),
+                               "world_size": trainer.world_size,
+                               "csv_version": csv_versions[0] if csv_versions else None}

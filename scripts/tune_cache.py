@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     options, cli_args = parser.parse_known_args(argv)
 
     import cli
-    from cli_checks import read_checkpoint, state_problem
+    from cli_checks import read_checkpoint, state_problem, stop
     from cli_resume import ResumeProblem, choose_last
 
     run = cli.main(cli_args, run=False)
@@ -173,11 +173,11 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             path = choose_last(run.config.trainer.default_root_dir or ".", run.flat_config(run.config))["path"]
         except ResumeProblem as problem:
-            cli.stop(str(problem))
+            stop(str(problem))
     checkpoint, problem = read_checkpoint(path, weights_only=True)
     model, data = run.model, run.datamodule
     if problem or (problem := state_problem(path, checkpoint, model, data)):
-        cli.stop(problem)
+        stop(problem)
     model.load_state_dict(checkpoint["state_dict"])
     model.to("cuda" if torch.cuda.is_available() else "cpu")  # the one model pass; the grid follows its device
     settings = model.cache_settings
