@@ -59,8 +59,8 @@ def default_precision() -> str:
 
 
 class SuperconvergenceCLI(LightningCLI):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.argv = list(sys.argv[1:] if kwargs.get("args") is None else kwargs["args"])  # for lr_find's fit line
+    def __init__(self, *args: Any, user_args: list[str] | None = None, **kwargs: Any) -> None:
+        self.argv = list(user_args or [])  # as the user typed them, for lr_find's `fit` line
         super().__init__(*args, **kwargs)
 
     @staticmethod
@@ -264,8 +264,37 @@ class SuperconvergenceCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule)
 
 
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def resolve_configs(args: list[str]) -> list[str]:
+    """`--config cifar.yaml` (or `optim/amsgrad.yaml`) names configs/cifar.yaml when no such path exists, so the
+    one-line promise `python cli.py fit --config cifar.yaml` works from anywhere; an existing path or an inline
+    YAML/JSON value is left alone, and a name that matches neither stops with the configs there are."""
+    resolved, value_follows = [], False
+    for arg in args:
+        prefix, value = ("", arg) if value_follows else ("--config=", arg[len("--config="):]) \
+            if arg.startswith("--config=") else ("", None)
+        value_follows = arg == "--config"
+        if value is None or value.lstrip().startswith(("{", "[")) or Path(value).exists():
+            resolved.append(arg)
+            continue
+        if not (CONFIGS / value).is_file():
+            known = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")
+                           if p.parent.name not in ("studies", "sweeps"))  # those are for scripts/, not cli.py
+            stop(f"--config {value} is neither a file nor a config in {CONFIGS}: give a path, or one of "
+                 f"{', '.join(known)}.")
+        resolved.append(prefix + str(CONFIGS / value))
+    return resolved
+
+
 def main(args: list[str] | None = None, run: bool = True) -> SuperconvergenceCLI:
     """Build the CLI; `run=False` parses and instantiates only (tests drive the trainer themselves)."""
+    given = sys.argv[1:] if args is None else list(args)
+    if args is None:
+        sys.argv[1:] = resolve_configs(given)  # still from the command line (LightningCLI warns about both)
+    else:
+        args = resolve_configs(given)
     return SuperconvergenceCLI(
         LightningModule,
         LightningDataModule,
@@ -277,6 +306,7 @@ def main(args: list[str] | None = None, run: bool = True) -> SuperconvergenceCLI
         trainer_class=SuperconvergenceTrainer,
         args=args,
         run=run,
+        user_args=given,
     )
 
 

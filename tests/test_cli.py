@@ -32,6 +32,29 @@ def test_num_classes_is_linked_from_the_datamodule(cifar_dir, tmp_path):
     assert run.model.net.head[-1].out_features == 7
 
 
+def test_config_names_resolve_from_any_folder(tmp_path, monkeypatch):
+    """`--config cifar.yaml --config=optim/amsgrad.yaml` from another folder, on the command line as users type
+    it: both name files under configs/, and lr_find's fit line still gets the words as typed."""
+    monkeypatch.chdir(tmp_path)
+    typed = ["--config", "cifar.yaml", *TINY_WRN_ARGS, "--config=optim/amsgrad.yaml", "--trainer.logger", "false",
+             "--trainer.default_root_dir", str(tmp_path)]
+    monkeypatch.setattr("sys.argv", ["cli.py", *typed])
+    run = cli.main(run=False)
+    optimizer = run.model.optimizer_factory([__import__("torch").nn.Parameter(__import__("torch").zeros(1))])
+    assert optimizer.defaults["amsgrad"] is True and run.model.net.head[-1].out_features == 10
+    assert run.argv == typed
+
+
+def test_unknown_config_name_lists_the_configs_there_are(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["--config", "cifra.yaml"], run=False)
+    err = capsys.readouterr().err.strip()
+    assert stopped.value.code == 2 and "Traceback" not in err
+    assert err.startswith("cli.py: error: --config cifra.yaml is neither a file nor a config in ")
+    assert "cifar.yaml, cifar_cpu.yaml" in err and "optim/amsgrad.yaml" in err and "studies/" not in err
+
+
 def test_optim_configs_compose_and_tag_the_wandb_run(tmp_path):
     run = parse("--config", "configs/optim/amsgrad.yaml", "--trainer.default_root_dir", str(tmp_path))
     optimizer = run.model.optimizer_factory([__import__("torch").nn.Parameter(__import__("torch").zeros(1))])
