@@ -43,8 +43,8 @@ from cli_lr_find import SuperconvergenceTrainer, report
 from cli_resume import (LoggedSaveConfigCallback, ResumeProblem, choose_last, explicit_resume_warning, flatten,
                         new_run_id, read_run, run_length_problem)
 from datamodules.resumable_loader import POSITION_KEY  # a new run starts its data at the beginning
-from lightning_modules.checkpoint_io import CheckpointSpaceError
-from lightning_modules.prediction_csv import PredictionCSV
+from lightning_modules.callbacks.checkpoint_io import CheckpointSpaceError
+from lightning_modules.callbacks.prediction_csv import PredictionCSV
 
 # Startup noise this project can silence without hiding a real problem (README "A quiet start"): Lightning's
 # advertisement for its hosted logger at every Trainer, and deprecation notices raised inside Lightning itself
@@ -238,7 +238,7 @@ class SuperconvergenceCLI(LightningCLI):
         self.check_data_and_checkpoint("predict")
 
     def predict(self, **kwargs: Any) -> None:
-        """Images of one's own (`--data.predict_dir`) → one CSV of top-k classes (`lightning_modules/prediction_csv`)."""
+        """Images of one's own (`--data.predict_dir`) → one CSV of top-k classes (callbacks/prediction_csv.py)."""
         config = self.config[self.subcommand]
         path = Path(config.get("predictions") or Path(self.trainer.default_root_dir) / "predictions.csv")
         try:

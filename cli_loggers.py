@@ -6,7 +6,7 @@ run's loggers continue that run.
   so dashboards group runs without edits.
 - A W&B logger asked to log online falls back to offline, with a warning, when online logging cannot start.
 - `fit` gives the W&B run the run's id (new, or the resumed checkpoint's); resuming sets the CSV logger's version
-  to the checkpoint's and both loggers' `resume_step` (see `lightning_modules/resumable_loggers.py`).
+  to the checkpoint's and both loggers' `resume_step` (see `lightning_modules/loggers/resumable.py`).
 """
 from __future__ import annotations
 

@@ -45,7 +45,8 @@ from torch import nn
 from benchmarks.cifar_pipeline import machine, synthetic_cifar
 from datamodules.batch_augment import normalize
 from datamodules.cifar10 import CIFAR10DataModule, TensorBatchDataset
-from lightning_modules import ElapsedTime, ImageClassifier, NaNGuard, PreemptionCheckpoint, RNGStateCheckpoint
+from lightning_modules import ImageClassifier
+from lightning_modules.callbacks import ElapsedTime, NaNGuard, PreemptionCheckpoint, RNGStateCheckpoint
 # The module's own defaults are configs/cifar.yaml's AdamW and 1cycle: the plain loop builds exactly those.
 from lightning_modules.image_classifier import _default_optimizer as make_optimizer
 from lightning_modules.image_classifier import _default_scheduler as make_scheduler

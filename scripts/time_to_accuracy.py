@@ -29,7 +29,7 @@ def summarize(run_dir: Path, target: float) -> dict:
     elapsed = study_report.per_epoch(rows, "time/elapsed_s")
     if len(elapsed) != len(accuracy):
         raise ValueError(f"{run_dir}: {len(accuracy)} epochs of val/acc but {len(elapsed)} of time/elapsed_s; "
-                         "add the lightning_modules.ElapsedTime callback to the run's trainer.callbacks.")
+                         "add the lightning_modules.callbacks.ElapsedTime callback to the run's trainer.callbacks.")
     reached = next((epoch for epoch, acc in enumerate(accuracy) if acc >= target), None)
     return {"run": str(run_dir), "epochs": len(accuracy), "target": target,
             "epoch_reached": None if reached is None else reached + 1,

@@ -26,7 +26,7 @@ import yaml
 from pytorch_lightning.callbacks import Callback
 
 import cli
-from lightning_modules import AtomicCheckpointIO
+from lightning_modules.callbacks import AtomicCheckpointIO
 from tests.conftest import REPO
 from tests.test_cli_reliability import tiny_cifar_args
 

@@ -16,7 +16,7 @@ import cli
 import cli_loggers
 from cli_resume import RUN_KEY
 from tests.conftest import REPO, TINY_WRN_ARGS
-from tests.lightning_modules.test_preemption import StepsTaken
+from tests.lightning_modules.callbacks.test_preemption import StepsTaken
 from tests.wandb_records import logged_metrics
 
 
@@ -112,7 +112,8 @@ def test_sigterm_saves_last_ckpt_and_the_resumed_run_continues_its_csv_file_and_
     try:
         resumed = cli.main(["fit", *tiny_cifar_args(cifar_dir, root), "--trainer.max_epochs", "1000",
                             *logged_every_step, "--trainer.max_steps", str(step + 2), "--test_after_fit", "false",
-                            "--ckpt_path", "last", "--trainer.callbacks+=tests.lightning_modules.test_preemption.StepsTaken"])
+                            "--ckpt_path", "last",
+                            "--trainer.callbacks+=tests.lightning_modules.callbacks.test_preemption.StepsTaken"])
     finally:
         wandb.finish()
     steps = next(cb for cb in resumed.trainer.callbacks if isinstance(cb, StepsTaken))

@@ -23,9 +23,10 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader, IterableDataset
 
 from datamodules.resumable_loader import ResumableDataLoader, live_train_loader
-from lightning_modules import PreemptionCheckpoint, RNGStateCheckpoint
-from lightning_modules.preemption import EXIT_STATUS
-from tests.lightning_modules.test_rng_state import EPOCHS, build, data_roots, differences  # noqa: F401 (a fixture)
+from lightning_modules.callbacks import PreemptionCheckpoint, RNGStateCheckpoint
+from lightning_modules.callbacks.preemption import EXIT_STATUS
+from tests.lightning_modules.callbacks.test_rng_state import (  # noqa: F401 (data_roots: a fixture)
+    EPOCHS, build, data_roots, differences)
 
 NOT_RESUMABLE = "your dataloader is not resumable"  # Lightning's warning on a mid-epoch resume with a plain loader
 

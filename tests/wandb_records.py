@@ -1,6 +1,6 @@
 """Read an offline W&B run file (`run-*.wandb`) without the server: what tests assert about W&B runs.
 
-The records come from `lightning_modules.resumable_loggers.read_wandb_records` (which says how the file is laid out).
+The records come from `lightning_modules.loggers.resumable.read_wandb_records` (which says how the file is laid out).
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2
 
-from lightning_modules.resumable_loggers import read_wandb_records
+from lightning_modules.loggers.resumable import read_wandb_records
 
 
 def read_records(path: Path) -> list[wandb_internal_pb2.Record]:

@@ -14,7 +14,7 @@ import time
 import pytest
 
 import cli
-from lightning_modules import ElapsedTime
+from lightning_modules.callbacks import ElapsedTime
 from scripts import gpu_check
 from tests.conftest import REPO, SHARED_DATA, SHARED_TOOLS, TINY_WRN_ARGS
 

@@ -1,7 +1,8 @@
 """PreemptionCheckpoint: a SIGUSR1 (outside SLURM) stops fitting at a safe point and writes a resumable last.ckpt.
 
 In-process: the signal is sent to this very process from a callback, so the test needs no subprocess; the SIGTERM
-path through `cli.py` is covered by tests/test_cli_reliability.py::test_sigterm_saves_last_ckpt_and_the_resumed_run_continues_its_csv_file_and_wandb_run.
+path through `cli.py` is covered by tests/test_cli_reliability.py::
+test_sigterm_saves_last_ckpt_and_the_resumed_run_continues_its_csv_file_and_wandb_run.
 """
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from lightning_modules import NaNGuard, PreemptionCheckpoint
-from lightning_modules.preemption import EXIT_STATUS, last_checkpoint_paths
-from tests.lightning_modules.test_nan_guard import STEPS_PER_EPOCH, Diverging
+from lightning_modules.callbacks import NaNGuard, PreemptionCheckpoint
+from lightning_modules.callbacks.preemption import EXIT_STATUS, last_checkpoint_paths
+from tests.lightning_modules.callbacks.test_nan_guard import STEPS_PER_EPOCH, Diverging
 
 
 class SignalAt(pl.Callback):

@@ -19,9 +19,10 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
 from datamodules import CIFAR10DataModule, WikiText2DataModule
-from lightning_modules import ImageClassifier, LanguageModel, RNGStateCheckpoint
+from lightning_modules import ImageClassifier, LanguageModel
+from lightning_modules.callbacks import RNGStateCheckpoint
 from lightning_modules.nets import AWDLSTM, WideResNet
-from lightning_modules.rng_state import collect_rng_states, set_rng_states
+from lightning_modules.callbacks.rng_state import collect_rng_states, set_rng_states
 from optim import RNNOneCycleLR
 from tests.conftest import make_cifar_folder
 from tests.datamodules.test_wikitext2 import write_corpus

@@ -9,7 +9,7 @@ crop/flip (`datamodules/batch_augment.py`) and the language models' dropout use 
 generator, and Stanford Cars' DataLoader workers are seeded from that base seed. A resumed run starts from the
 seed that `seed_everything` gave the new process, so from its first batch on it shuffles, crops and drops out
 differently: same schedule, different weights. With this callback, a run resumed from an epoch-end checkpoint
-gives bit-identical weights on CPU (tests/lightning_modules/test_rng_state.py).
+gives bit-identical weights on CPU (tests/lightning_modules/callbacks/test_rng_state.py).
 
 When the states are taken and put back:
 - `state_dict()` runs while the checkpoint is built. At an epoch end that is ModelCheckpoint's

@@ -9,7 +9,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 
 from datamodules import CIFAR10DataModule
-from lightning_modules import ElapsedTime, ImageClassifier
+from lightning_modules import ImageClassifier
+from lightning_modules.callbacks import ElapsedTime
 from lightning_modules.nets import WideResNet
 from scripts import study_report, time_to_accuracy
 from tests.conftest import REPO
@@ -35,7 +36,8 @@ def test_elapsed_time_grows_per_epoch_and_continues_after_resume(cifar_dir, tmp_
     checkpoint = next(tmp_path.glob("csv/version_0/checkpoints/epoch=0.ckpt"))
     fit(cifar_dir, tmp_path, max_epochs=2, ckpt_path=str(checkpoint))  # epoch 1 again, in a new process state
     rows = study_report.read_metrics(tmp_path)
-    resumed, resumed_epoch_s = study_report.per_epoch(rows, "time/elapsed_s"), study_report.per_epoch(rows, "time/epoch_s")
+    resumed = study_report.per_epoch(rows, "time/elapsed_s")
+    resumed_epoch_s = study_report.per_epoch(rows, "time/epoch_s")
     assert len(resumed) == 2 and resumed[0] == elapsed[0]
     # continued from the checkpoint's clock (≈ elapsed[0] + the epoch), not restarted at 0 (≈ the epoch alone)
     assert resumed[1] >= elapsed[0] + 0.5 * resumed_epoch_s[1]
@@ -51,7 +53,7 @@ def test_elapsed_time_grows_per_epoch_and_continues_after_resume(cifar_dir, tmp_
 
 def test_cifar_config_logs_elapsed_time():
     callbacks = yaml.safe_load((REPO / "configs" / "cifar.yaml").read_text())["trainer"]["callbacks"]
-    assert "lightning_modules.ElapsedTime" in [c["class_path"] for c in callbacks]
+    assert "lightning_modules.callbacks.ElapsedTime" in [c["class_path"] for c in callbacks]
 
 
 class FakeClock:
@@ -68,7 +70,7 @@ class FakeClock:
 @pytest.mark.parametrize("seconds_per_read, demo_hint", [(1.0, False), (800.0, True)])
 def test_the_run_time_is_estimated_once_early_and_a_cpu_run_that_is_long_points_to_make_demo(
         cifar_dir, tmp_path, monkeypatch, seconds_per_read, demo_hint):
-    from lightning_modules import elapsed_time
+    from lightning_modules.callbacks import elapsed_time
 
     monkeypatch.setattr(elapsed_time.time, "perf_counter", FakeClock(seconds_per_read))
     callback = ElapsedTime()

@@ -7,7 +7,7 @@ it with `shutil.move`. That is a rename, hence atomic, only while $TMPDIR and th
 filesystem. On a cluster they rarely are (a node-local or tmpfs $TMPDIR, checkpoints on NFS/Lustre): the rename
 fails with EXDEV and `shutil.move` falls back to copying into the destination itself, so a kill, a full disk or a
 node failure during the copy leaves a truncated `last.ckpt` in place of the previous good one
-(tests/lightning_modules/test_checkpoint_io.py shows it). A checkpoint also has to fit in $TMPDIR, and a kill
+(tests/lightning_modules/callbacks/test_checkpoint_io.py shows it). A checkpoint also has to fit in $TMPDIR, and a kill
 during the write leaves its temporary file there.
 
 Here, for local paths: the checkpoint is streamed by `torch.save` into `<name>.tmp` in the checkpoint's own folder

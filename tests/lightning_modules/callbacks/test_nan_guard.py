@@ -8,8 +8,8 @@ import yaml
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_modules import NaNGuard
-from lightning_modules.nan_guard import NonFiniteLossError, format_lrs
+from lightning_modules.callbacks import NaNGuard
+from lightning_modules.callbacks.nan_guard import NonFiniteLossError, format_lrs
 from tests.conftest import REPO
 
 STEPS_PER_EPOCH = 8  # 32 samples / batch 4
@@ -115,6 +115,6 @@ def test_task_configs_guard_against_nan_and_preemption(config):
         assert "callbacks" not in trainer
         return
     names = [c["class_path"] for c in trainer["callbacks"]]
-    guards = {"lightning_modules.NaNGuard", "lightning_modules.PreemptionCheckpoint",
-              "lightning_modules.RNGStateCheckpoint"}
+    guards = {"lightning_modules.callbacks.NaNGuard", "lightning_modules.callbacks.PreemptionCheckpoint",
+              "lightning_modules.callbacks.RNGStateCheckpoint"}
     assert guards <= set(names), guards - set(names)

@@ -15,10 +15,10 @@ import yaml
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from lightning_modules import AtomicCheckpointIO
-from lightning_modules.checkpoint_io import CheckpointSpaceError
+from lightning_modules.callbacks import AtomicCheckpointIO
+from lightning_modules.callbacks.checkpoint_io import CheckpointSpaceError
 from tests.conftest import REPO
-from tests.lightning_modules.test_nan_guard import STEPS_PER_EPOCH, Diverging
+from tests.lightning_modules.callbacks.test_nan_guard import STEPS_PER_EPOCH, Diverging
 
 REAL_SAVE = torch.save
 
@@ -107,4 +107,4 @@ def test_tmpdir_on_another_filesystem(tmp_path, monkeypatch, io_class):
 @pytest.mark.parametrize("config", ["cifar", "cars", "wikitext2_lstm", "wikitext2_qrnn"])
 def test_task_configs_write_checkpoints_atomically(config):
     trainer = yaml.safe_load((REPO / "configs" / f"{config}.yaml").read_text())["trainer"]
-    assert [p["class_path"] for p in trainer["plugins"]] == ["lightning_modules.AtomicCheckpointIO"]
+    assert [p["class_path"] for p in trainer["plugins"]] == ["lightning_modules.callbacks.AtomicCheckpointIO"]
