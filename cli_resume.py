@@ -38,7 +38,8 @@ STOP_KEYS = ("trainer.max_epochs", "trainer.max_steps")  # where the run stops: 
 IDENTITY_TRAINER_KEYS = ("trainer.gradient_clip_val", "trainer.gradient_clip_algorithm")
 FREE_MODEL_ARGS = ("compile", "channels_last", "tta", "tta_seed", "cache", "cache_window", "cache_theta",
                    "cache_lambda", "cache_mixing", "cache_in_validation", "init_weights")
-FREE_DATA_ARGS = ("data_dir", "download", "num_workers", "eval_batch_size", "eval_bptt", "val_file", "test_file")
+FREE_DATA_ARGS = ("data_dir", "download", "num_workers", "eval_batch_size", "eval_bptt", "val_file", "test_file",
+                  "predict_dir")
 SHOWN = 3  # differing keys named per candidate, candidates named per sentence: enough to choose, still one line
 
 

@@ -66,6 +66,22 @@ def test_predicting_real_test_images_as_png_matches_testing_them_image_by_image(
     assert all(by_file[f"{k:04d}.png"] == classes[c] for k, c in enumerate(expected.tolist()))
 
 
+def test_ckpt_path_last_finds_the_configs_run_as_for_test(cifar_checkpoint, tmp_path):
+    """`predict --ckpt_path last`, as the README shows it: the run under default_root_dir whose config matches,
+    although the images come from a folder the run never had."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    write_png(torch.randint(0, 255, (3, 32, 32), dtype=torch.uint8), str(folder / "a.png"))
+    table = tmp_path / "p.csv"
+    run_root = cifar_checkpoint.parents[3]
+    cli.main(["predict", *cifar_args(tmp_path / "absent", run_root), "--ckpt_path", "last",
+              "--data.predict_dir", str(folder), "--predictions", str(table)])
+    explicit = tmp_path / "explicit.csv"
+    cli.main(["predict", *cifar_args(tmp_path / "absent", tmp_path / "run"), "--ckpt_path", str(cifar_checkpoint),
+              "--data.predict_dir", str(folder), "--predictions", str(explicit)])
+    assert read_csv(table) == read_csv(explicit) and len(read_csv(table)) == 1
+
+
 def test_any_size_and_grayscale_images_are_classified_with_the_checkpoints_class_names(cifar_checkpoint, tmp_path):
     folder = tmp_path / "mine"
     (folder / "nested").mkdir(parents=True)
