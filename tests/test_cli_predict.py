@@ -16,6 +16,9 @@ from tests.conftest import TINY_WRN_ARGS
 from tests.test_cli_cars import tiny_cars_config
 
 
+SHOWN = 250  # real test images written as PNG files
+
+
 def cifar_args(data_dir, root, *extra: str) -> list[str]:
     return ["--config", "configs/cifar.yaml", "--config", "configs/trainer/csv_only.yaml", *TINY_WRN_ARGS,
             "--data.data_dir", str(data_dir), "--data.download", "false", "--data.batch_size", "16",
@@ -41,21 +44,23 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 @pytest.mark.slow
 def test_predicting_real_test_images_as_png_matches_testing_them_image_by_image(real_cifar_subset, cifar_checkpoint,
                                                                                 tmp_path):
-    data = real_cifar_subset  # 1,000 real test images
+    data = real_cifar_subset
     images, labels = cifar10_files.load_split(data, train=False)
+    images, labels = images[:SHOWN], labels[:SHOWN]  # the first 250 real test images: what testing sees below
     classes = cifar10_files.load_label_names(data)
     pngs = tmp_path / "pngs"
     for k, (image, label) in enumerate(zip(images, labels)):
         (pngs / classes[label]).mkdir(parents=True, exist_ok=True)
         write_png(torch.from_numpy(image), str(pngs / classes[label] / f"{k:04d}.png"))
 
-    tested = cli.main(["test", *cifar_args(data, tmp_path / "t"), "--ckpt_path", str(cifar_checkpoint)])
+    tested = cli.main(["test", *cifar_args(data, tmp_path / "t"), "--ckpt_path", str(cifar_checkpoint),
+                       "--data.eval_batch_size", "50", "--trainer.limit_test_batches", str(SHOWN // 50)])
     test_acc = tested.trainer.callback_metrics["test/acc"].item()
     table = tmp_path / "out" / "predictions.csv"
     cli.main(["predict", *cifar_args(tmp_path / "no_training_data", tmp_path / "p"), "--ckpt_path",
               str(cifar_checkpoint), "--data.predict_dir", str(pngs), "--predictions", str(table), "--top_k", "3"])
     rows = read_csv(table)
-    assert len(rows) == 1000 and list(rows[0]) == ["path", "class_1", "prob_1", "class_2", "prob_2", "class_3", "prob_3"]
+    assert len(rows) == SHOWN and list(rows[0]) == ["path", "class_1", "prob_1", "class_2", "prob_2", "class_3", "prob_3"]
     hits = [Path(row["path"]).parent.name == row["class_1"] for row in rows]
     assert sum(hits) / len(hits) == pytest.approx(test_acc, abs=1e-6)  # the same accuracy (float32 metric) ...
     model = tested.model.eval()
