@@ -38,7 +38,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from cli_checks import (ExplainingArgumentParser, explain_config_error, model_class_problem, read_checkpoint,
                         run_config_problem, state_problem, stop)
-from cli_loggers import prepare_loggers
+from cli_loggers import current_wandb_run, finish_own_wandb_run, prepare_loggers
 from cli_lr_find import SuperconvergenceTrainer, report
 from cli_resume import (LoggedSaveConfigCallback, ResumeProblem, choose_last, explicit_resume_warning, flatten,
                         new_run_id, read_run, run_length_problem)
@@ -295,19 +295,26 @@ def main(args: list[str] | None = None, run: bool = True) -> SuperconvergenceCLI
         sys.argv[1:] = resolve_configs(given)  # still from the command line (LightningCLI warns about both)
     else:
         args = resolve_configs(given)
-    return SuperconvergenceCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        parser_class=ExplainingArgumentParser,
-        save_config_callback=LoggedSaveConfigCallback,
-        save_config_kwargs={"overwrite": True},
-        trainer_class=SuperconvergenceTrainer,
-        args=args,
-        run=run,
-        user_args=given,
-    )
+    started_before, failed = current_wandb_run(), True
+    try:
+        built = SuperconvergenceCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            parser_class=ExplainingArgumentParser,
+            save_config_callback=LoggedSaveConfigCallback,
+            save_config_kwargs={"overwrite": True},
+            trainer_class=SuperconvergenceTrainer,
+            args=args,
+            run=run,
+            user_args=given,
+        )
+        failed = False
+        return built
+    finally:
+        if run:
+            finish_own_wandb_run(started_before, exit_code=1 if failed else 0)
 
 
 if __name__ == "__main__":

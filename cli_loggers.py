@@ -11,6 +11,7 @@ run's loggers continue that run.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from typing import Any
 
@@ -78,3 +79,19 @@ def prepare_loggers(config: Namespace, root: str, run_id: str | None, resumed: d
                           f"offline under {init_args['save_dir']}/wandb instead, upload it later with "
                           "`wandb sync <that folder>/offline-run-*`.", stacklevel=3)
             init_args["offline"], init_args["mode"] = True, "offline"  # mode: wandb.login has read the env
+
+
+def current_wandb_run() -> object | None:
+    """The active W&B run of this process, without importing wandb for runs that never use it."""
+    wandb = sys.modules.get("wandb")
+    return None if wandb is None else wandb.run
+
+
+def finish_own_wandb_run(started_before: object | None, exit_code: int = 0) -> None:
+    """End the W&B run this command started. A process exit does that by itself, but a caller that runs several
+    commands in one process (a study driven in-process, a notebook) would otherwise see Lightning's WandbLogger
+    reuse the open run, so every later command would log into the first one's history and folder."""
+    run_now = current_wandb_run()
+    if run_now is not None and run_now is not started_before:
+        run_now.finish(exit_code=exit_code)
+

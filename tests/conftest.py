@@ -47,6 +47,17 @@ def make_cifar_folder(root: Path, train_per_class: int = 8, test_per_class: int 
     return root
 
 
+@pytest.fixture(autouse=True)
+def own_wandb_service_per_process():
+    """A process that starts W&B exports WANDB_SERVICE, and every child it spawns then shares that service instead
+    of starting its own; a `cli.py` subprocess would hand its run to pytest's service and exit before its history
+    is written (or find its own run id "in use" when it resumes). Users' processes do not inherit a test runner's
+    service, so neither do the subprocesses of these tests."""
+    os.environ.pop("WANDB_SERVICE", None)
+    yield
+    os.environ.pop("WANDB_SERVICE", None)
+
+
 @pytest.fixture
 def cifar_dir(tmp_path: Path) -> Path:
     return make_cifar_folder(tmp_path / "cifar")

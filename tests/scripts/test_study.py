@@ -91,6 +91,10 @@ def test_study_runs_reports_and_resumes(tmp_path, cifar_dir, monkeypatch):
     study_file = write_study(tmp_path / "s.yaml", cifar_dir)
     study_script.main([str(study_file), "--root", str(tmp_path)])
     assert len(started) == 4
+    # Each in-process run logged into a W&B run of its own (cli.main ends the run it started; Lightning would
+    # otherwise hand the open one to the next command).
+    for run_dir in (tmp_path / "runs" / "studies" / "tiny").iterdir():
+        assert len(list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))) == 1, run_dir
     report = (tmp_path / "docs" / "results" / "tiny.md").read_text()
     assert "| adamw | " in report and "| sgd | " in report and report.count("(n=2)") == 4
     assert (tmp_path / "docs" / "results" / "tiny" / "curves.png").is_file()
