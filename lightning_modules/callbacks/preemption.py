@@ -16,6 +16,11 @@ So this callback, for Kubernetes, `kill`, `timeout`, a scheduler's grace signal 
   or `save_last`), which `cli.py --ckpt_path last` resumes from; with none it writes
   `<default_root_dir>/checkpoints/last.ckpt`. The file is written beside and renamed into place, so a kill during
   the save leaves the previous `last.ckpt` whole;
+- it keeps the loggers' step continuous across the stop: Lightning's restart adds one to the logging step
+  (`_batches_that_stepped`) when the checkpoint was not written where Lightning itself writes them, which a stop
+  at an epoch's end is not, so the first resumed step would be logged one step late and its own step left empty.
+  The checkpoint records how far the logging step runs ahead of `global_step` (0 with one optimizer), and the
+  first resumed batch sets it back to that;
 - it sets the exit status to 128 + SIGTERM = 143, the shell's convention, so a Kubernetes Job or a retry loop sees an
   interrupted run, not a finished one (Lightning's 0 would mark it done).
 """
@@ -52,6 +57,29 @@ class PreemptionCheckpoint(pl.Callback):
     def __init__(self) -> None:
         self._previous_sigusr1: Any = None
         self.saved: list[str] = []
+        self._step_offset = 0  # the logging step minus global_step, as of the latest batch
+        self._saving = False
+        self._offset_to_restore: int | None = None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The first fresh epoch after resuming: set before any callback logs in it (LearningRateMonitor does at
+        # batch start). Not while Lightning is still replaying the interrupted epoch: it sets the step itself then.
+        if self._offset_to_restore is not None and not trainer.fit_loop.epoch_loop.restarting:
+            trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step + self._offset_to_restore
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        loop = trainer.fit_loop.epoch_loop
+        if self._offset_to_restore is not None:  # the first batch after resuming from a preemption checkpoint
+            loop._batches_that_stepped = trainer.global_step + self._offset_to_restore
+            self._offset_to_restore = None
+        self._step_offset = loop._batches_that_stepped - trainer.global_step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"logging_step_offset": self._step_offset} if self._saving else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._offset_to_restore = state_dict.get("logging_step_offset")
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning registers its handlers just before this hook, SLURM's SIGUSR1 requeue handler included: keep it.
@@ -79,7 +107,11 @@ class PreemptionCheckpoint(pl.Callback):
             return  # nothing trained yet in this stage (or not fitting): the existing last.ckpt stays as it is
         for path in last_checkpoint_paths(trainer):
             partial = f"{path}.partial"
-            trainer.save_checkpoint(partial, weights_only=False)  # the full state (and no "not set" notice)
+            self._saving = True
+            try:
+                trainer.save_checkpoint(partial, weights_only=False)  # the full state (and no "not set" notice)
+            finally:
+                self._saving = False
             if trainer.is_global_zero:
                 Path(partial).replace(path)
             self.saved.append(path)

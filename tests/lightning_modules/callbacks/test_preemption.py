@@ -86,3 +86,13 @@ def test_an_ordinary_crash_saves_nothing(tmp_path):
 def test_without_a_last_checkpoint_callback_it_writes_under_default_root_dir(tmp_path):
     trainer = pl.Trainer(default_root_dir=tmp_path, logger=False, enable_checkpointing=False)
     assert last_checkpoint_paths(trainer) == [os.path.join(tmp_path, "checkpoints", "last.ckpt")]
+
+
+class SignalAtEpochEnd(pl.Callback):
+    """SIGTERM to this process as epoch 1's validation finishes: the longest pause between optimizer steps, where a
+    scheduler's signal often lands (used by tests/test_cli_reliability.py through `--trainer.callbacks+=`)."""
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == 1 and not trainer.sanity_checking:
+            os.kill(os.getpid(), signal.SIGTERM)
+
