@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import logging
 import os
 import subprocess
 import sys
@@ -61,7 +60,7 @@ def _lr_rows(metrics_csv: Path) -> dict[int, list[float]]:
 
 
 @pytest.mark.slow
-def test_fit_runs_both_stages_and_resumes_mid_stage_two_from_last(cars_root, tmp_path, caplog):
+def test_fit_runs_both_stages_and_resumes_mid_stage_two_from_last(cars_root, tmp_path):
     root = tmp_path / "run"
     override = tiny_cars_config(tmp_path / "tiny.yaml", cars_root, root)
     base = [sys.executable, "cli.py", "fit", "--config", "configs/cars.yaml", "--config", str(override)]
@@ -72,10 +71,10 @@ def test_fit_runs_both_stages_and_resumes_mid_stage_two_from_last(cars_root, tmp
     assert first.returncode == 0, first.stderr[-3000:]
     assert "stops before the end of model.stages" in first.stderr
     # The resume in this process (the fit above was the command line): the same run folder, the same W&B run.
-    with caplog.at_level(logging.INFO):
-        cli.main([*base[2:], "--ckpt_path", "last"])
-    assert f"Restored all states from the checkpoint at {root / 'csv' / 'version_0' / 'checkpoints' / 'last.ckpt'}" \
-        in caplog.text
+    resumed = cli.main([*base[2:], "--ckpt_path", "last",
+                        "--trainer.callbacks+=tests.lightning_modules.callbacks.test_preemption.StepsTaken"])
+    steps = next(cb for cb in resumed.trainer.callbacks if type(cb).__name__ == "StepsTaken")
+    assert (steps.first, steps.count) == (4, 2)  # continued after the first run's 4 steps, and took the last 2
 
     expected = [lrs for lrs, _ in reference_schedule([0.0, 0.0, 0.01], 2)]
     expected += [lrs for lrs, _ in reference_schedule([0.003 / 9, 0.003 / 3, 0.003], 4)]
