@@ -154,6 +154,13 @@ def plot_heatmaps(rows: list[dict], best: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def grid_edges(best: dict, grid: dict[str, list[float]]) -> list[str]:
+    """The settings whose best value is the largest or smallest tried (of more than one): the optimum may lie beyond
+    the grid, so the tuned perplexity is only an upper bound on what the cache can do for this model."""
+    return [f"{name} {best[name]:g} is the {'largest' if best[name] == max(values) else 'smallest'} tried"
+            for name, values in grid.items() if len(set(values)) > 1 and best[name] in (min(values), max(values))]
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt_path", required=True, help="a checkpoint, or `last` (this experiment's newest)")
@@ -199,7 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
                "val_ppl_no_cache": result["val_ppl_no_cache"], "val_tokens": result["val_tokens"],
                "seconds_reading_validation": read_s, "seconds_grid": result["seconds"],
                "grid_points": len(result["rows"]), "seconds_per_grid_point": result["seconds_per_point"],
-               "seconds_per_window_pass": result["seconds_per_window_pass"], "test": tested}
+               "seconds_per_window_pass": result["seconds_per_window_pass"], "test": tested,
+               "on_grid_edge": grid_edges(best, {"theta": options.thetas, "lambda": options.lambdas, "window": windows})}
 
     out = options.out or Path(path).resolve().parent.parent / "cache_tuning"
     out.mkdir(parents=True, exist_ok=True)
@@ -212,6 +220,9 @@ def main(argv: list[str] | None = None) -> dict:
           f"test ppl {tested['tuned_cache']['ppl']:.2f} (no cache {tested['no_cache']:.2f}, the checkpoint's cache "
           f"{tested['checkpoint_cache']['ppl']:.2f}); {len(result['rows'])} grid points in {result['seconds']:.1f} s "
           f"({1e3 * result['seconds_per_point']:.0f} ms each); wrote {out}")
+    if summary["on_grid_edge"]:
+        print(f"warning: {'; '.join(summary['on_grid_edge'])}: the best may lie beyond the grid; run again with "
+              "wider --thetas / --lambdas / --windows.")
     return summary
 
 

@@ -71,6 +71,7 @@ def test_the_grid_equals_the_models_own_cached_evaluation_and_is_written_and_log
     assert float(row["val_ppl"]) == pytest.approx(validated["val/ppl_cache"], rel=1e-5)  # the same quantity
     assert summary["val_ppl_no_cache"] == pytest.approx(validated["val/ppl"], rel=1e-5)
     best = summary["best"]
+    assert len(summary["on_grid_edge"]) == 3  # two values per setting: whichever wins is an edge, and is reported
     tested = evaluate(base, ckpt, "test", best["theta"], best["lambda"], best["window"])
     assert summary["test"]["tuned_cache"]["ppl"] == pytest.approx(tested["test/ppl_cache"], rel=1e-5)
     assert summary["test"]["no_cache"] == pytest.approx(tested["test/ppl"], rel=1e-5)
@@ -90,6 +91,13 @@ def test_the_grid_equals_the_models_own_cached_evaluation_and_is_written_and_log
     runs = list(root.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(runs) == 1
     assert logged_metrics(runs[0])["cache_tuning/best_val_ppl"] == [pytest.approx(best["val_ppl"])]
+
+
+def test_a_best_value_on_the_grids_edge_is_named():
+    grid = {"theta": [0.3, 1.0, 1.5], "lambda": [0.1, 0.2, 0.3], "window": [1000]}
+    assert tune_cache.grid_edges({"theta": 1.0, "lambda": 0.2, "window": 1000}, grid) == []  # inside; one window
+    assert tune_cache.grid_edges({"theta": 1.5, "lambda": 0.1, "window": 1000}, grid) == [
+        "theta 1.5 is the largest tried", "lambda 0.1 is the smallest tried"]
 
 
 @pytest.mark.parametrize("mixing", ["all", "after_window"])
