@@ -29,6 +29,17 @@ def final(rows: list[dict[str, float]], metric: str) -> float | None:
     return values[-1] if values else None
 
 
+def wall_time(runs: list[dict]) -> str:
+    """One sentence: the fitting time of the runs, from each run's `time/elapsed_s` (it survives a resume)."""
+    minutes = [max(row["time/elapsed_s"] for row in run["rows"] if "time/elapsed_s" in row) / 60
+               for run in runs if any("time/elapsed_s" in row for row in run["rows"])]
+    if not minutes:
+        return "Wall time: not logged by these runs (no `time/elapsed_s`)."
+    return (f"Wall time of fitting (each run's `time/elapsed_s`; tests and start-up not included): {sum(minutes):.0f} "
+            f"min for {len(minutes)} runs, median {statistics.median(minutes):.1f} min per run "
+            f"(range {min(minutes):.1f}–{max(minutes):.1f}).")
+
+
 def per_epoch(rows: list[dict[str, float]], metric: str) -> list[float]:
     """One value per epoch (the last logged in that epoch); a resumed run's repeated epochs keep the latest."""
     by_epoch: dict[int, float] = {}

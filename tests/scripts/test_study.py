@@ -68,6 +68,14 @@ def test_report_table_is_mean_and_std_over_seeds(tmp_path):
     assert (tmp_path / "c.png").stat().st_size > 1000
 
 
+def test_wall_time_sums_each_runs_last_elapsed_time():
+    elapsed = lambda *seconds: [{"time/elapsed_s": s} for s in seconds] + [{"test/acc": 0.5}]  # noqa: E731
+    runs = [{"rows": elapsed(60, 120)}, {"rows": elapsed(90, 300)}, {"rows": elapsed(240)}, {"rows": [{"x": 1}]}]
+    assert study_report.wall_time(runs) == ("Wall time of fitting (each run's `time/elapsed_s`; tests and start-up "
+                                            "not included): 11 min for 3 runs, median 4.0 min per run (range 2.0–5.0).")
+    assert study_report.wall_time([{"rows": [{"x": 1}]}]).startswith("Wall time: not logged")
+
+
 @pytest.mark.slow
 def test_study_runs_reports_and_resumes(tmp_path, cifar_dir, monkeypatch):
     import cli
@@ -97,6 +105,7 @@ def test_study_runs_reports_and_resumes(tmp_path, cifar_dir, monkeypatch):
         assert len(list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))) == 1, run_dir
     report = (tmp_path / "docs" / "results" / "tiny.md").read_text()
     assert "| adamw | " in report and "| sgd | " in report and report.count("(n=2)") == 4
+    assert "min for 4 runs" in report
     assert (tmp_path / "docs" / "results" / "tiny" / "curves.png").is_file()
     assert (tmp_path / "docs" / "results" / "tiny" / "schedule.png").is_file()
 
