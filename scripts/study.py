@@ -67,7 +67,9 @@ def combinations(study: dict, root: Path = REPO) -> list[dict]:
         chosen = dict(zip(axes, (str(label) for label in labels)))
         run_dir = root / "runs" / "studies" / study["name"] / ",".join(f"{a}={chosen[a]}" for a in axes)
         args = [arg for config in study["configs"] for arg in ("--config", config)] + [str(a) for a in study["args"]]
-        for axis, label in zip(axes, labels):
+        # The averaged axis (the seed) goes last whatever the grid's order: a task config brought by another axis
+        # (configs/wikitext2_qrnn.yaml sets seed_everything) would otherwise set it back.
+        for axis, label in sorted(zip(axes, labels), key=lambda pair: pair[0] == study["average_over"]):
             args += [str(a) for a in study["grid"][axis][label]]
         # W&B groups the study's runs (the W&B logger is the last logger of every task config).
         args += ["--trainer.logger.init_args.group", study["name"]]

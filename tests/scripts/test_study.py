@@ -37,6 +37,16 @@ def test_grid_expands_to_one_run_per_combination(tmp_path, cifar_dir):
     assert args[args.index("--trainer.logger.init_args.group") + 1] == "tiny"  # W&B groups runs by study
 
 
+def test_the_seed_is_given_after_configs_that_set_one_whatever_the_grids_order(tmp_path, cifar_dir):
+    study = study_script.load_study(write_study(tmp_path / "s.yaml", cifar_dir))
+    study["grid"] = {"seed": study["grid"]["seed"],  # seed first, for the order runs are made in ...
+                     "model": {"qrnn": ["--config", "configs/wikitext2_qrnn.yaml"]}}  # ... which sets seed_everything: 0
+    runs = study_script.combinations(study, tmp_path)
+    assert [r["dir"].name for r in runs] == ["seed=0,model=qrnn", "seed=1,model=qrnn"]
+    args = runs[1]["args"]
+    assert args.index("--seed_everything") > args.index("configs/wikitext2_qrnn.yaml")  # later --config values win
+
+
 def test_bad_study_files_are_named(tmp_path, cifar_dir):
     (tmp_path / "empty.yaml").write_text("name: x\n")
     with pytest.raises(SystemExit, match="missing configs, grid, metrics"):
