@@ -37,7 +37,7 @@ from pytorch_lightning import LightningDataModule, LightningModule
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from cli_checks import (ExplainingArgumentParser, explain_config_error, model_class_problem, read_checkpoint,
-                        run_config_problem, state_problem, stop)
+                        resolve_configs, run_config_problem, state_problem, stop)
 from cli_loggers import current_wandb_run, finish_own_wandb_run, prepare_loggers
 from cli_lr_find import SuperconvergenceTrainer, report
 from cli_resume import (LoggedSaveConfigCallback, ResumeProblem, choose_last, explicit_resume_warning, flatten,
@@ -262,30 +262,6 @@ class SuperconvergenceCLI(LightningCLI):
     def after_fit(self) -> None:
         if self.config[self.subcommand].get("test_after_fit") and not self.trainer.interrupted:
             self.trainer.test(self.model, datamodule=self.datamodule)
-
-
-CONFIGS = Path(__file__).resolve().parent / "configs"
-
-
-def resolve_configs(args: list[str]) -> list[str]:
-    """`--config cifar.yaml` (or `optim/amsgrad.yaml`) names configs/cifar.yaml when no such path exists, so the
-    one-line promise `python cli.py fit --config cifar.yaml` works from anywhere; an existing path or an inline
-    YAML/JSON value is left alone, and a name that matches neither stops with the configs there are."""
-    resolved, value_follows = [], False
-    for arg in args:
-        prefix, value = ("", arg) if value_follows else ("--config=", arg[len("--config="):]) \
-            if arg.startswith("--config=") else ("", None)
-        value_follows = arg == "--config"
-        if value is None or value.lstrip().startswith(("{", "[")) or Path(value).exists():
-            resolved.append(arg)
-            continue
-        if not (CONFIGS / value).is_file():
-            known = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")
-                           if p.parent.name not in ("studies", "sweeps"))  # those are for scripts/, not cli.py
-            stop(f"--config {value} is neither a file nor a config in {CONFIGS}: give a path, or one of "
-                 f"{', '.join(known)}.")
-        resolved.append(prefix + str(CONFIGS / value))
-    return resolved
 
 
 def main(args: list[str] | None = None, run: bool = True) -> SuperconvergenceCLI:

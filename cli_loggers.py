@@ -94,4 +94,3 @@ def finish_own_wandb_run(started_before: object | None, exit_code: int = 0) -> N
     run_now = current_wandb_run()
     if run_now is not None and run_now is not started_before:
         run_now.finish(exit_code=exit_code)
-

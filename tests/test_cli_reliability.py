@@ -97,15 +97,9 @@ def test_sigterm_saves_last_ckpt_and_the_resumed_run_continues_its_csv_file_and_
     assert saved["global_step"] == step == 20  # the end of epoch 1 (10 batches each), saved on the signal
     assert not list(checkpoint.parent.glob("*.partial"))
 
-    import wandb
-
-    try:
-        resumed = cli.main(["fit", *tiny_cifar_args(cifar_dir, root), "--trainer.max_epochs", "1000",
-                            *logged_every_step, "--trainer.max_steps", str(step + 2), "--test_after_fit", "false",
-                            "--ckpt_path", "last",
-                            "--trainer.callbacks+=tests.lightning_modules.callbacks.test_preemption.StepsTaken"])
-    finally:
-        wandb.finish()
+    resumed = cli.main(["fit", *tiny_cifar_args(cifar_dir, root), "--trainer.max_epochs", "1000", *logged_every_step,
+                        "--trainer.max_steps", str(step + 2), "--test_after_fit", "false", "--ckpt_path", "last",
+                        "--trainer.callbacks+=tests.lightning_modules.callbacks.test_preemption.StepsTaken"])
     steps = next(cb for cb in resumed.trainer.callbacks if isinstance(cb, StepsTaken))
     assert resumed.trainer.ckpt_path == str(checkpoint)
     assert (steps.first, steps.count, resumed.trainer.global_step) == (step, 2, step + 2)  # continued from the signal

@@ -95,4 +95,3 @@ class SignalAtEpochEnd(pl.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.current_epoch == 1 and not trainer.sanity_checking:
             os.kill(os.getpid(), signal.SIGTERM)
-
