@@ -21,12 +21,16 @@ A study file:
                                                               # and val/ppl_cache_tuned can then be metrics
 
 Each combination runs `cli.py fit` in its own process under `runs/studies/<name>/<axis=label,...>/`; a run that
-finished (its `done.json` exists) is skipped, so an interrupted study resumes where it stopped. The report goes
+finished (its `done.json` exists) is skipped, so an interrupted study resumes where it stopped. Several study.py
+processes may work on one study at once (one per core, or per machine sharing the folder): each takes a run by an
+OS lock on `<run>/.study.lock`, which dies with its process, and the others pass that run by. The report goes
 to `docs/results/<name>.md` with PNGs in `docs/results/<name>/`, written atomically.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import itertools
 import json
 import os
@@ -79,6 +83,20 @@ def combinations(study: dict, root: Path = REPO) -> list[dict]:
 
 def is_done(run: dict) -> bool:
     return (run["dir"] / "done.json").is_file()
+
+
+@contextlib.contextmanager
+def claim(run: dict):
+    """Yield True if this process holds the run's lock (then it runs it), False if another study process does.
+    flock, not a marker file: a killed process releases it, so a crashed run is never left looking taken."""
+    run["dir"].mkdir(parents=True, exist_ok=True)
+    with open(run["dir"] / ".study.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -198,12 +216,16 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not options.report_only:
         for run in runs:
-            if is_done(run):
-                print(f"[study] done already: {run['dir']}")
-            else:
-                run_locally(run, options.python)
-            if study.get("tune_cache"):
-                tune_locally(run, study, options.python)
+            with claim(run) as mine:
+                if not mine:
+                    print(f"[study] another study process is running {run['dir']}; passing it by")
+                    continue
+                if is_done(run):
+                    print(f"[study] done already: {run['dir']}")
+                else:
+                    run_locally(run, options.python)
+                if study.get("tune_cache"):
+                    tune_locally(run, study, options.python)
     report(study, runs, options.root.resolve())
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import statistics
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -180,3 +181,36 @@ def test_the_lr_wd_study_sets_each_cells_optimizer_lr_and_decay(cifar_dir):
         assert optimizer.defaults["lr"] == float(labels["lr"])
         assert optimizer.defaults["weight_decay"] == float(labels["decay"].split(":")[1])
         assert parsed.datamodule.train_subset == 5000 and parsed.trainer.max_epochs == 8
+
+
+def test_two_study_processes_never_run_the_same_run_and_a_killed_one_frees_its_run(tmp_path, cifar_dir, capsys,
+                                                                                  monkeypatch):
+    study = study_script.load_study(write_study(tmp_path / "s.yaml", cifar_dir))
+    runs = study_script.combinations(study, tmp_path)
+    with study_script.claim(runs[0]) as first, study_script.claim(runs[0]) as second, \
+            study_script.claim(runs[1]) as other:
+        assert (first, second, other) == (True, False, True)
+    # Another process holds run 0; every other run is finished: main must start nothing.
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(runs[0]["dir"] / ".study.lock")],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    for run in runs[1:]:
+        run["dir"].mkdir(parents=True, exist_ok=True)
+        (run["dir"] / "done.json").write_text("{}")
+    monkeypatch.setattr(study_script, "report", lambda *args: None)
+    monkeypatch.setattr(study_script, "run_locally", lambda run, python: pytest.fail(f"{run['dir']} was started"))
+    study_script.main([str(tmp_path / "s.yaml"), "--root", str(tmp_path)])
+    assert f"another study process is running {runs[0]['dir']}" in capsys.readouterr().out
+    holder.kill()
+    holder.wait()
+    with study_script.claim(runs[0]) as after_the_crash:
+        assert after_the_crash
+
+
+HOLD_LOCK = """
+import fcntl, sys, time
+lock = open(sys.argv[1], "w")
+fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("locked", flush=True)
+time.sleep(60)
+"""
