@@ -11,7 +11,8 @@ its time across a resume too, but logs nothing.)
 The estimate: the seed's CIFAR run is minutes on a GPU and about a day on 2 CPU cores, and Lightning's first
 progress update comes only after `refresh_rate` steps. So once `ESTIMATE_AFTER` steps of this process have run
 (the first `WARMUP_STEPS` left out: compilation, allocator warm-up), one line gives the measured seconds per step
-and the time the remaining steps will take; on a machine without a GPU it points to `make demo`.
+and the time the remaining steps will take; on a machine without a GPU a long run adds `cpu_hint` (by default
+CIFAR's `make demo`; the other tasks' configs set their own or none).
 """
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 
 WARMUP_STEPS, ESTIMATE_AFTER = 2, 10
-DEMO_HINT_AFTER_S = 1800  # a CPU run estimated longer than this is pointed to `make demo`
+DEMO_HINT_AFTER_S = 1800  # a CPU run estimated longer than this gets `cpu_hint`
+CIFAR_DEMO_HINT = ("No GPU is in use: `make demo` trains a CPU-sized CIFAR-10 run (WRN-10-2, 10k images) in about "
+                   "5 minutes.")
 
 
 def duration(seconds: float) -> str:
@@ -40,7 +43,8 @@ class ElapsedTime(pl.Callback):
     """Logs `time/elapsed_s` (wall seconds of fitting so far) and `time/epoch_s` at each training epoch end, and
     prints one estimate of the run's length early in the fit (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cpu_hint: str | None = CIFAR_DEMO_HINT) -> None:
+        self.cpu_hint = cpu_hint
         self.elapsed_before = 0.0  # seconds accumulated by earlier processes (restored from a checkpoint)
         self.started: float | None = None
         self.epoch_started: float | None = None
@@ -61,9 +65,8 @@ class ElapsedTime(pl.Callback):
             self.estimate = (f"ElapsedTime: {per_step:.3g} s per training step (steps {WARMUP_STEPS + 1}-"
                              f"{ESTIMATE_AFTER} of this process); the remaining {remaining:,} steps take about "
                              f"{duration(total)}, plus validation.")
-            if trainer.strategy.root_device.type == "cpu" and total > DEMO_HINT_AFTER_S:
-                self.estimate += (" No GPU is in use: `make demo` trains a CPU-sized CIFAR-10 run (WRN-10-2, 10k "
-                                  "images) in about 5 minutes.")
+            if self.cpu_hint and trainer.strategy.root_device.type == "cpu" and total > DEMO_HINT_AFTER_S:
+                self.estimate += " " + self.cpu_hint
             bar = trainer.progress_bar_callback  # prints above the bar instead of into it
             if bar is not None and trainer.is_global_zero:
                 bar.print(self.estimate)

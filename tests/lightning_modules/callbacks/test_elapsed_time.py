@@ -10,7 +10,7 @@ from pytorch_lightning.loggers import CSVLogger
 
 from datamodules import CIFAR10DataModule
 from lightning_modules import ImageClassifier
-from lightning_modules.callbacks import ElapsedTime
+from lightning_modules.callbacks import ElapsedTime, elapsed_time
 from lightning_modules.nets import WideResNet
 from scripts import study_report, time_to_accuracy
 from tests.conftest import REPO
@@ -51,9 +51,12 @@ def test_elapsed_time_grows_per_epoch_and_continues_after_resume(cifar_dir, tmp_
     assert text.startswith("# T") and text.count(f"`{tmp_path}`") == 2 and "| — |" in text
 
 
-def test_cifar_config_logs_elapsed_time():
-    callbacks = yaml.safe_load((REPO / "configs" / "cifar.yaml").read_text())["trainer"]["callbacks"]
-    assert "lightning_modules.callbacks.ElapsedTime" in [c["class_path"] for c in callbacks]
+@pytest.mark.parametrize("task", ["cifar", "cars", "wikitext2_lstm", "wikitext2_qrnn"])
+def test_every_task_config_logs_elapsed_time_and_only_cifar_points_to_its_demo(task):
+    callbacks = yaml.safe_load((REPO / "configs" / f"{task}.yaml").read_text())["trainer"]["callbacks"]
+    [elapsed] = [c for c in callbacks if c["class_path"] == "lightning_modules.callbacks.ElapsedTime"]
+    hint = elapsed.get("init_args", {}).get("cpu_hint", elapsed_time.CIFAR_DEMO_HINT)
+    assert (hint == elapsed_time.CIFAR_DEMO_HINT) is (task == "cifar")
 
 
 class FakeClock:
@@ -67,13 +70,13 @@ class FakeClock:
         return self.now
 
 
-@pytest.mark.parametrize("seconds_per_read, demo_hint", [(1.0, False), (800.0, True)])
+@pytest.mark.parametrize("seconds_per_read, cpu_hint, demo_hint",
+                         [(1.0, elapsed_time.CIFAR_DEMO_HINT, False), (800.0, elapsed_time.CIFAR_DEMO_HINT, True),
+                          (800.0, None, False)])
 def test_the_run_time_is_estimated_once_early_and_a_cpu_run_that_is_long_points_to_make_demo(
-        cifar_dir, tmp_path, monkeypatch, seconds_per_read, demo_hint):
-    from lightning_modules.callbacks import elapsed_time
-
+        cifar_dir, tmp_path, monkeypatch, seconds_per_read, cpu_hint, demo_hint):
     monkeypatch.setattr(elapsed_time.time, "perf_counter", FakeClock(seconds_per_read))
-    callback = ElapsedTime()
+    callback = ElapsedTime(cpu_hint=cpu_hint)
     net = WideResNet(num_groups=2, blocks_per_group=1, widen_factor=1)
     trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
                          callbacks=[callback], enable_progress_bar=False, enable_model_summary=False,
