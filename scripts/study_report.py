@@ -99,17 +99,22 @@ def plot_heatmaps(runs: list[dict], rows: str, columns: str, metric: str, path: 
         if value is not None:
             cells[panel or metric][(run["labels"][rows], column)].append(value)
     figure, axes = plt.subplots(1, len(cells), figsize=(4.6 * len(cells), 3.8), squeeze=False)
+    # One colour scale for every map, so that the same colour is the same accuracy on each optimizer's map.
+    all_means = [statistics.fmean(v) for panel in cells.values() for v in panel.values()]
+    low, high = min(all_means), max(all_means)
     best = {}
     for axis, (panel, values) in zip(axes[0], cells.items()):
         row_labels = sorted({r for r, _ in values}, key=float)
         column_labels = sorted({c for _, c in values}, key=float)
         means = [[statistics.fmean(values[(r, c)]) if values.get((r, c)) else math.nan for c in column_labels]
                  for r in row_labels]
-        image = axis.imshow(means, origin="lower", aspect="auto", cmap="viridis")
+        image = axis.imshow(means, origin="lower", aspect="auto", cmap="viridis", vmin=low, vmax=high)
         for i, r in enumerate(row_labels):
             for j, c in enumerate(column_labels):
                 if not math.isnan(means[i][j]):
-                    axis.text(j, i, f"{means[i][j]:.3f}", ha="center", va="center", fontsize=7, color="white")
+                    bright = means[i][j] > low + 0.35 * (high - low)  # viridis lightens from teal on: dark text there
+                    axis.text(j, i, f"{means[i][j]:.3f}", ha="center", va="center", fontsize=7,
+                              color="black" if bright else "white")
         i, j = max(((i, j) for i in range(len(row_labels)) for j in range(len(column_labels))
                     if not math.isnan(means[i][j])), key=lambda ij: means[ij[0]][ij[1]])
         axis.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))

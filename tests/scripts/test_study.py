@@ -154,15 +154,25 @@ def test_tuned_cache_results_become_metrics_and_a_table(tmp_path):
     assert table.splitlines()[-1] == "| qrnn | 0.3 / 0.45 | 0.16 / 0.16 | 2000 / 2000 |"
 
 
-def test_heatmaps_put_each_optimizer_on_its_own_map_and_mark_its_best_cell(tmp_path):
+def test_heatmaps_put_each_optimizer_on_its_own_map_and_mark_its_best_cell(tmp_path, monkeypatch):
     def run(decay: str, lr: str, seed: str, acc: float) -> dict:
         return {"labels": {"decay": decay, "lr": lr, "seed": seed}, "final": {"test/acc": acc}}
 
     runs = [run("adamw:0.1", "0.001", "0", 0.50), run("adamw:0.1", "0.001", "1", 0.54), run("adamw:1", "0.001", "0", 0.40),
             run("adamw:0.1", "0.01", "0", 0.45), run("adamw:1", "0.01", "0", 0.30),
             run("adam_l2:1e-06", "0.001", "0", 0.48), run("adam_l2:0.001", "0.001", "0", 0.20)]
+    from matplotlib.axes import Axes
+
+    scales, imshow = [], Axes.imshow
+
+    def recording_imshow(self, *args, **kwargs):
+        scales.append((kwargs.get("vmin"), kwargs.get("vmax")))
+        return imshow(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "imshow", recording_imshow)
     best = study_report.plot_heatmaps(runs, "lr", "decay", "test/acc", tmp_path / "maps.png")
     assert best == {"adamw": ("0.001", "0.1", pytest.approx(0.52)), "adam_l2": ("0.001", "1e-06", 0.48)}
+    assert scales == [(0.20, pytest.approx(0.52))] * 2  # one colour scale for both maps
     assert (tmp_path / "maps.png").stat().st_size > 0
 
 
