@@ -11,8 +11,8 @@ its time across a resume too, but logs nothing.)
 The estimate: the seed's CIFAR run is minutes on a GPU and about a day on 2 CPU cores, and Lightning's first
 progress update comes only after `refresh_rate` steps. So once `ESTIMATE_AFTER` steps of this process have run
 (the first `WARMUP_STEPS` left out: compilation, allocator warm-up), one line gives the measured seconds per step
-and the time the remaining steps will take; on a machine without a GPU a long run adds `cpu_hint` (by default
-CIFAR's `make demo`; the other tasks' configs set their own or none).
+and the time the remaining steps will take; on a machine without a GPU a long run adds the config's `cpu_hint`
+(configs/cifar.yaml points to `make demo`; the callback itself knows no task).
 """
 from __future__ import annotations
 
@@ -27,8 +27,6 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 WARMUP_STEPS, ESTIMATE_AFTER = 2, 10
 DEMO_HINT_AFTER_S = 1800  # a CPU run estimated longer than this gets `cpu_hint`
-CIFAR_DEMO_HINT = ("No GPU is in use: `make demo` trains a CPU-sized CIFAR-10 run (WRN-10-2, 10k images) in about "
-                   "5 minutes.")
 
 
 def duration(seconds: float) -> str:
@@ -43,7 +41,7 @@ class ElapsedTime(pl.Callback):
     """Logs `time/elapsed_s` (wall seconds of fitting so far) and `time/epoch_s` at each training epoch end, and
     prints one estimate of the run's length early in the fit (see the module docstring)."""
 
-    def __init__(self, cpu_hint: str | None = CIFAR_DEMO_HINT) -> None:
+    def __init__(self, cpu_hint: str | None = None) -> None:
         self.cpu_hint = cpu_hint
         self.elapsed_before = 0.0  # seconds accumulated by earlier processes (restored from a checkpoint)
         self.started: float | None = None
