@@ -37,7 +37,8 @@ from pytorch_lightning import LightningDataModule, LightningModule
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
 from cli_checks import (ExplainingArgumentParser, explain_config_error, model_class_problem, read_checkpoint,
-                        resolve_configs, run_config_problem, state_problem, stop)
+                        run_config_problem, state_problem, stop)
+from cli_configs import resolve_configs
 from cli_loggers import current_wandb_run, finish_own_wandb_run, prepare_loggers
 from cli_lr_find import SuperconvergenceTrainer, report
 from cli_resume import (LoggedSaveConfigCallback, ResumeProblem, choose_last, explicit_resume_warning, flatten,

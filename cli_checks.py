@@ -266,27 +266,3 @@ def stop(sentence: str, error: Exception | None = None, status: int = 2) -> NoRe
         raise error
     sys.stderr.write(f"cli.py: error: {sentence}\n")
     sys.exit(status)
-
-
-CONFIGS = Path(__file__).resolve().parent / "configs"
-
-
-def resolve_configs(args: list[str]) -> list[str]:
-    """`--config cifar.yaml` (or `optim/amsgrad.yaml`) names configs/cifar.yaml when no such path exists, so the
-    one-line promise `python cli.py fit --config cifar.yaml` works from anywhere; an existing path or an inline
-    YAML/JSON value is left alone, and a name that matches neither stops with the configs there are."""
-    resolved, value_follows = [], False
-    for arg in args:
-        prefix, value = ("", arg) if value_follows else ("--config=", arg[len("--config="):]) \
-            if arg.startswith("--config=") else ("", None)
-        value_follows = arg == "--config"
-        if value is None or value.lstrip().startswith(("{", "[")) or Path(value).exists():
-            resolved.append(arg)
-            continue
-        if not (CONFIGS / value).is_file():
-            known = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*.yaml")
-                           if p.parent.name not in ("studies", "sweeps"))  # those are for scripts/, not cli.py
-            stop(f"--config {value} is neither a file nor a config in {CONFIGS}: give a path, or one of "
-                 f"{', '.join(known)}.")
-        resolved.append(prefix + str(CONFIGS / value))
-    return resolved

@@ -80,6 +80,36 @@ def test_config_file_typos_name_the_key_and_suggest_the_right_one(capsys, tmp_pa
     assert_refused(capsys, tmp_path / "run", message, *data_args, "--config", yaml_file(tmp_path, content))
 
 
+# --- config files that cannot be read: the file as given, where, and what is wrong ---------------------------
+
+@pytest.mark.parametrize("text, message", [
+    ("trainer:\n  max_epochs: 3\n   devices: 1\n",
+     r"^--config my_overrides.yaml is not valid YAML: line 3, column 11: mapping values are not allowed here "
+     r"\(usually a key indented deeper than the keys beside it, .*\); fix that line\.$"),
+    ("trainer:\n\tmax_epochs: 3\n",
+     r"^--config my_overrides.yaml is not valid YAML: line 2, column 1: .*\(YAML indents with spaces, not tabs\)"),
+    ("model:\n  init_args:\n    tta: [1, 2\n",
+     r"^--config my_overrides.yaml is not valid YAML: line 4, column 1: expected ',' or '\]'.* \(a \[ list \] not "
+     r"closed\)"),
+    ("", r"^--config my_overrides.yaml is empty \(nothing but blank lines or comments\): write the settings it "
+         r"should change in it, or leave it off the command line\.$"),
+    ("# max_epochs: 3\n\n", r"^--config my_overrides.yaml is empty"),
+    ("- trainer\n- model\n", r"^--config my_overrides.yaml holds a list \(.*\), not settings: a config is a mapping"),
+], ids=["wrong indent", "tab", "unclosed list", "empty", "comments only", "a list"])
+def test_a_config_file_that_cannot_be_read_is_named(capsys, tmp_path, monkeypatch, data_args, text, message):
+    """The second of two configs broken: the sentence names it as given on the command line (jsonargparse alone
+    said `... in "<unicode string>", line 3, column 11`, or `Unexpected config: ` for an empty file)."""
+    (tmp_path / "my_overrides.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)  # named as a user names a file of their own: relative to where they stand
+    assert_refused(capsys, tmp_path / "run", message, *data_args, "--config", "my_overrides.yaml",
+                   config="cifar.yaml")
+
+
+def test_a_config_folder_is_named(capsys, tmp_path, data_args):
+    assert_refused(capsys, tmp_path / "run", r"^--config .*configs/optim is a folder, not a config file",
+                   *data_args, "--config", str(Path(cli.__file__).parent / "configs" / "optim"))
+
+
 @pytest.mark.parametrize("class_path, message", [
     ("torch.optim.AdamWW", r"^model.init_args.optimizer.class_path torch.optim.AdamWW does not exist: torch.optim "
                            r"has no AdamWW; did you mean torch.optim.AdamW\?"),

@@ -1,17 +1,21 @@
 """cli.py: config composition, links, logger placement, --print_config, and one end-to-end `fit` subprocess."""
 from __future__ import annotations
 
+import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import cli
+from cli_resume import RUN_KEY
 from datamodules import CIFAR10DataModule
 from tests.conftest import REPO, TINY_WRN_ARGS
-from tests.wandb_records import config_keys, logged_metrics, run_tags
+from tests.wandb_records import config_keys, config_values, logged_metrics, run_tags
 
 
 
@@ -97,34 +101,67 @@ def test_every_task_config_sets_seed_everything():
 
 
 @pytest.mark.slow
-def test_fit_end_to_end_writes_checkpoints_config_csv_and_offline_wandb(cifar_dir, tmp_path):
+def test_two_fits_started_together_under_one_root_each_write_checkpoints_config_csv_and_wandb_of_their_own(
+        cifar_dir, tmp_path):
+    """The end-to-end `fit` as users run it, twice at the same moment under one `default_root_dir` (AdamW wd 0.1
+    beside wd 0.3: the ordinary way to use a cluster). Each run gets its own claimed version folder holding its own
+    config.yaml, metrics.csv and checkpoints (whose run record names that folder), and its own W&B run naming it.
+    Before the claim both took version_0 and one run's rows and config were lost."""
     root = tmp_path / "run"
     command = [sys.executable, "cli.py", "fit", "--config", "configs/cifar.yaml", "--config", "configs/optim/adamw.yaml",
                *TINY_WRN_ARGS, "--data.data_dir", str(cifar_dir), "--data.download", "false",
                "--data.batch_size", "16",
                "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(root),
                "--trainer.log_every_n_steps", "1"]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**__import__("os").environ, "WANDB_MODE": "offline"})
-    assert done.returncode == 0, done.stderr[-3000:]
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}  # one core each: they run side by side
+    runs = {wd: subprocess.Popen([*command, "--model.init_args.optimizer.init_args.weight_decay", wd], cwd=REPO,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            for wd in ("0.1", "0.3")}
+    for run in runs.values():
+        _, err = run.communicate(timeout=600)
+        assert run.returncode == 0, err[-3000:]
 
-    run_dir = root / "csv" / "version_0"
-    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    assert "last.ckpt" in checkpoints and any(name.startswith("epoch") for name in checkpoints)
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())  # next to checkpoints/
-    assert saved["model"]["init_args"]["optimizer"]["class_path"] == "torch.optim.AdamW"
-    assert saved["trainer"]["default_root_dir"] == str(root)
+    folders = sorted((root / "csv").iterdir())
+    assert [folder.name for folder in folders] == ["version_0", "version_1"]
+    decays = set()
+    for run_dir in folders:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())  # next to checkpoints/
+        assert saved["model"]["init_args"]["optimizer"]["class_path"] == "torch.optim.AdamW"
+        assert saved["trainer"]["default_root_dir"] == str(root)
+        decay = saved["model"]["init_args"]["optimizer"]["init_args"]["weight_decay"]
+        decays.add(decay)
+        checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+        assert "last.ckpt" in checkpoints and any(name.startswith("epoch") for name in checkpoints)
+        for checkpoint in (run_dir / "checkpoints").iterdir():  # written by this run only
+            record = torch.load(checkpoint, weights_only=True)[RUN_KEY]
+            assert record["csv_version"] == int(run_dir.name.removeprefix("version_"))
+            assert yaml.safe_load(record["config"])["model"]["init_args"]["optimizer"]["init_args"][
+                "weight_decay"] == decay
 
-    header = (run_dir / "metrics.csv").read_text().splitlines()[0].split(",")
-    for column in ["train/loss", "val/acc", "test/acc", "test/acc_tta", "lr-AdamW", "lr-AdamW-momentum",
-                   "lr-AdamW-weight_decay"]:
-        assert column in header, f"{column} missing from metrics.csv"
+        with open(run_dir / "metrics.csv", newline="") as file:
+            rows = list(csv.DictReader(file))
+        for column in ["train/loss", "val/acc", "test/acc", "test/acc_tta", "lr-AdamW", "lr-AdamW-momentum",
+                       "lr-AdamW-weight_decay"]:
+            assert column in rows[0], f"{column} missing from metrics.csv"
+        assert sum(bool(row["train/loss"]) for row in rows) == 10  # this run's 10 steps, no other run's
+        assert {float(row["lr-AdamW-weight_decay"]) for row in rows if row["lr-AdamW-weight_decay"]} == {decay}
+    assert decays == {0.1, 0.3}
 
     wandb_files = list(root.glob("wandb/offline-run-*/run-*.wandb"))
-    assert len(wandb_files) == 1
-    history = logged_metrics(wandb_files[0])
-    assert len(history["train/loss"]) == 10  # 80 images / 16 per batch × 2 epochs, logged every step
-    assert len(history["val/acc"]) == 2 and len(history["test/acc_tta"]) == 1
-    assert history["lr-AdamW-momentum"][0] == pytest.approx(0.95, abs=0.02)
-    assert {"model", "data", "trainer"} <= config_keys(wandb_files[0])
-    assert {"cifar10", "adamw", "decoupled-wd"} <= set(run_tags(wandb_files[0]))
+    assert len(wandb_files) == 2
+    named = set()
+    for wandb_file in wandb_files:
+        history = logged_metrics(wandb_file)
+        assert len(history["train/loss"]) == 10  # 80 images / 16 per batch × 2 epochs, logged every step
+        assert len(history["val/acc"]) == 2 and len(history["test/acc_tta"]) == 1
+        assert history["lr-AdamW-momentum"][0] == pytest.approx(0.95, abs=0.02)
+        assert {"model", "data", "trainer"} <= config_keys(wandb_file)
+        assert {"cifar10", "adamw", "decoupled-wd"} <= set(run_tags(wandb_file))
+        config = config_values(wandb_file)
+        run_dir = Path(config["run"]["dir"])  # the W&B run names its own run folder, and that folder's config
+        assert config["run"]["csv_version"] == int(run_dir.name.removeprefix("version_"))
+        decay = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["init_args"]["optimizer"][
+            "init_args"]["weight_decay"]
+        assert history["lr-AdamW-weight_decay"][0] == decay
+        named.add(run_dir)
+    assert named == set(folders)

@@ -35,6 +35,16 @@ def config_keys(path: Path) -> set[str]:
     return keys
 
 
+def config_values(path: Path) -> dict:
+    """The run's config as W&B holds it: top-level key → value (nested dicts as logged)."""
+    values = {}
+    for record in read_records(path):
+        if record.WhichOneof("record_type") == "config":
+            for item in record.config.update:
+                values[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return values
+
+
 def run_tags(path: Path) -> list[str]:
     for record in read_records(path):
         if record.WhichOneof("record_type") == "run":

@@ -59,7 +59,18 @@ class _AppendingWriter(ExperimentWriter):
 
 
 class ResumableCSVLogger(CSVLogger):
-    """`CSVLogger` that, with `resume_step`, appends to its version's metrics.csv after dropping rows past it.
+    """`CSVLogger` that, with `resume_step`, appends to its version's metrics.csv after dropping rows past it; and
+    that claims a new run's version folder atomically.
+
+    Why the claim: Lightning picks the next version by listing the `version_N` folders, and the folder appears only
+    when something is first written into it, about two seconds later (W&B starts in between). Two runs started
+    together under one `default_root_dir` (AdamW wd 0.1 beside wd 0.3, a job array) both took `version_0`: one
+    config.yaml, one metrics.csv losing the other's rows, one set of checkpoints written by both. Here the version
+    is claimed with an exclusive `mkdir` (atomic on every local filesystem, NFS included), retried with the next
+    number until one succeeds. Only global rank 0 claims: the other ranks' version is never used (Lightning
+    broadcasts rank 0's log and checkpoint folders). The trainer's log dir, and with it `checkpoints/`,
+    `config.yaml`, `metrics.csv`, the run record in every checkpoint (`cli_resume.py`) and the run folder logged to
+    W&B, all follow the claimed folder. A resumed run is given its version (`cli.py`) and claims nothing.
 
     Args (beyond CSVLogger's): resume_step: the global step of the checkpoint being resumed (set by cli.py).
     """
@@ -67,6 +78,18 @@ class ResumableCSVLogger(CSVLogger):
     def __init__(self, *args: Any, resume_step: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.resume_step = resume_step
+
+    def _get_next_version(self) -> int:
+        version = super()._get_next_version()  # the first free number by listing: where the claims start
+        if rank_zero_only.rank != 0 or "://" in str(self.root_dir):  # remote stores have no atomic mkdir
+            return version
+        os.makedirs(self.root_dir, exist_ok=True)
+        while True:
+            try:
+                os.mkdir(os.path.join(self.root_dir, f"version_{version}"))
+                return version
+            except FileExistsError:
+                version += 1
 
     @property
     @rank_zero_experiment
