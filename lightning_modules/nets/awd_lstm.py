@@ -8,6 +8,9 @@ need the last layer's outputs, so the net returns them alongside the logits' inp
 Weight dropout without the old `flatten_parameters` hacks: the dropped matrix is passed to `nn.LSTM` with
 `torch.func.functional_call`, so the module keeps one real parameter and autograd reaches it through the mask.
 
+bf16-mixed on a CPU without AVX-512 (oneDNN has no bf16 LSTM there): the LSTM layers run in float32 under
+autocast, said once in one line (`lightning_modules/nets/cpu_bf16.py`); GPUs and other CPUs run as before.
+
 `RNNLanguageNet` is the frame shared with the QRNN (`lightning_modules/nets/qrnn.py`): only the recurrent layers
 differ. Tensors are batch-first: tokens [B, T], outputs [B, T, features].
 """
@@ -18,6 +21,8 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lightning_modules.nets.cpu_bf16 import run_lstm
 
 
 class RNNOutput(NamedTuple):
@@ -61,6 +66,11 @@ class WeightDropLSTM(nn.Module):
         self.weight_drop = weight_drop
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None):
+        # On a CPU whose oneDNN has no bf16 LSTM, bf16 CPU autocast would fail here: `run_lstm` then runs the layer
+        # in float32 (`nets/cpu_bf16.py`). CUDA inputs (cuDNN has bf16 LSTMs) go straight to `_forward`, unchanged.
+        return run_lstm(self._forward, x, state)
+
+    def _forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None):
         if self.training and self.weight_drop > 0:
             dropped = F.dropout(self.lstm.weight_hh_l0, self.weight_drop, training=True)
             return torch.func.functional_call(self.lstm, {"weight_hh_l0": dropped}, (x, state))
