@@ -33,8 +33,7 @@ if str(REPO) not in sys.path:  # runnable as `python scripts/lm.py`
 import torch  # noqa: E402
 
 from datamodules import wikitext2_files as files  # noqa: E402
-
-DATA_KEY = "WikiText2DataModule"  # where a LanguageModel checkpoint keeps its vocabulary
+from scripts.saved_run import DATA_KEY, language_model_problem  # noqa: E402
 
 
 def load(path: str | Path):
@@ -42,9 +41,8 @@ def load(path: str | Path):
     from lightning_modules import LanguageModel
 
     checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    if "vocab" not in (checkpoint.get(DATA_KEY) or {}):
-        raise SystemExit(f"scripts/lm.py: error: {path} holds no vocabulary: pass a language-model checkpoint "
-                         "written by cli.py fit with a WikiText2DataModule.")
+    if problem := language_model_problem(path, checkpoint):
+        raise SystemExit(f"scripts/lm.py: error: {problem}")
     model = LanguageModel.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
     chunk = (checkpoint.get("datamodule_hyper_parameters") or {}).get("eval_bptt", 2000)
     return model, list(checkpoint[DATA_KEY]["vocab"]), chunk

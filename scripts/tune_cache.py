@@ -1,8 +1,17 @@
 """Tune the neural cache (θ, λ, window) of a trained language model on its validation stream, in seconds.
 
-    python scripts/tune_cache.py --config configs/wikitext2_lstm.yaml --ckpt_path last
-    python scripts/tune_cache.py --config configs/wikitext2_qrnn.yaml --ckpt_path runs/.../last.ckpt \\
-        --thetas 0.1 0.3 0.662 1 --lambdas 0.05 0.1279 0.2 --windows 500 2000 3785 [any cli.py override ...]
+Three ways to name the model (any cli.py override may follow, e.g. --data.data_dir where the data has moved):
+
+    python scripts/tune_cache.py --ckpt_path RUN/checkpoints/last.ckpt
+    python scripts/tune_cache.py --ckpt_path RUN/checkpoints/last.ckpt --config RUN/config.yaml
+    python scripts/tune_cache.py --config configs/wikitext2_lstm.yaml --ckpt_path last [the fit's overrides]
+
+The checkpoint alone is enough, as for scripts/lm.py and scripts/export.py: its run record holds the config of its
+fit, every override included (a checkpoint written before runs were recorded: the config.yaml beside its
+checkpoints/ folder). The run's own config.yaml is taken as `cli.py test` takes it. The task's configs with the
+fit's overrides are taken as `cli.py` takes them; `--ckpt_path last` then finds this experiment's newest run.
+RUN is the run's folder (runs/wikitext2_lstm/csv/version_0). Any of them takes a grid of its own: --thetas 0.1 0.3 1
+--lambdas 0.05 0.1279 0.2 --windows 500 2000 3785.
 
 Why: the seed's θ 0.662, λ 0.1279 and window 3785 were searched for Salesforce's model; another model (another
 size, a QRNN, a user's) needs its own, and re-running the test per grid point would cost minutes each. So the
@@ -12,8 +21,7 @@ more than that); then every grid point is arithmetic on those: per window, one p
 p_cache at every θ (`cache_target_probs` with a list of θ), and each λ is a `logaddexp`. Which positions are
 mixed follows the model's `cache_mixing` (the seed's "all" by default).
 
-It takes `cli.py`'s arguments (configs, overrides; `--ckpt_path last` finds this experiment's newest run), prints
-the best (θ, λ, window) with its validation perplexity, and writes under the checkpoint's run folder
+It prints the best (θ, λ, window) with its validation perplexity, and writes under the checkpoint's run folder
 (`<version>/cache_tuning/`, or `--out`): `grid.csv`, a heat-map per window (`heatmap.png`, θ × λ, best marked),
 and `results.json` — the best values, the test perplexity without the cache, with the checkpoint's cache
 settings and with the tuned ones, the time per grid point, and the test perplexity over the positions the seed's
@@ -162,19 +170,23 @@ def grid_edges(best: dict, grid: dict[str, list[float]]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt_path", required=True, help="a checkpoint, or `last` (this experiment's newest)")
-    parser.add_argument("--thetas", type=float, nargs="+", default=list(THETAS))
-    parser.add_argument("--lambdas", type=float, nargs="+", default=list(LAMBDAS))
+    ways = "\n\n".join(__doc__.split("\n\n")[1:4])  # the docstring's "three ways" paragraphs
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=ways,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt_path", required=True,
+                        help="a language model's checkpoint written by cli.py fit; `last` (with --config): this "
+                             "experiment's newest")
+    parser.add_argument("--thetas", type=float, nargs="+", default=list(THETAS), help="default: %(default)s")
+    parser.add_argument("--lambdas", type=float, nargs="+", default=list(LAMBDAS), help="default: %(default)s")
     parser.add_argument("--windows", type=int, nargs="+", help="default: the model's cache_window")
     parser.add_argument("--out", type=Path, help="default: <the checkpoint's run folder>/cache_tuning")
     options, cli_args = parser.parse_known_args(argv)
 
-    import cli
     from cli_checks import read_checkpoint, state_problem, stop
     from cli_resume import ResumeProblem, choose_last
+    from scripts.saved_run import build_run, language_model_problem, run_arguments
 
-    run = cli.main(cli_args, run=False)
+    run = build_run(run_arguments(options.ckpt_path, cli_args))
     path = options.ckpt_path
     if path == "last":
         try:
@@ -183,7 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
             stop(str(problem))
     checkpoint, problem = read_checkpoint(path, weights_only=True)
     model, data = run.model, run.datamodule
-    if problem or (problem := state_problem(path, checkpoint, model, data)):
+    if (problem or (problem := language_model_problem(path, checkpoint))
+            or (problem := state_problem(path, checkpoint, model, data))):
         stop(problem)
     model.load_state_dict(checkpoint["state_dict"])
     model.to("cuda" if torch.cuda.is_available() else "cpu")  # the one model pass; the grid follows its device
