@@ -69,6 +69,12 @@ class SuperconvergenceCLI(LightningCLI):
         """Lightning's, and `lr_find`: the learning-rate range test (`cli_lr_find.py`)."""
         return {**LightningCLI.subcommands(), "lr_find": {"model", "datamodule"}}
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """As Lightning's, without its warning that `args` and `sys.argv` are both given: `main` has already chosen
+        (`args` when called from Python, `sys.argv` only when it is None), so a script or test calling `main([...])`
+        from a command line of its own is not the mistake Lightning warns about."""
+        self.config = parser.parse_object(args) if isinstance(args, (dict, Namespace)) else parser.parse_args(args)
+
     checkpoint: dict | None = None  # ckpt_path, read once (tensors memory-mapped) for the checks before the run
     resumed: dict | None = None  # the run record of the checkpoint a `fit` resumes (cli_resume.read_run)
     run: dict[str, Any] = {}  # this fit's run id and parent, for the checkpoints and the loggers
@@ -267,11 +273,11 @@ class SuperconvergenceCLI(LightningCLI):
 
 def main(args: list[str] | None = None, run: bool = True) -> SuperconvergenceCLI:
     """Build the CLI; `run=False` parses and instantiates only (tests drive the trainer themselves)."""
-    given = sys.argv[1:] if args is None else list(args)
-    if args is None:
-        sys.argv[1:] = resolve_configs(given)  # still from the command line (LightningCLI warns about both)
-    else:
-        args = resolve_configs(given)
+    from_command_line = args is None
+    given = sys.argv[1:] if from_command_line else list(args)
+    args = resolve_configs(given)
+    if from_command_line:  # DDP's child processes re-run sys.argv: give them the resolved config paths
+        sys.argv[1:] = args
     started_before, failed = current_wandb_run(), True
     try:
         built = SuperconvergenceCLI(

@@ -84,6 +84,15 @@ def describe(diff: dict[str, tuple], limit: int = SHOWN) -> str:
     return ", ".join(shown) + (f" and {len(diff) - limit} more" if len(diff) > limit else "")
 
 
+def saved_config_text(path: str | os.PathLike, checkpoint: dict) -> str | None:
+    """The config the checkpoint's run was trained with, as YAML: its run record's, else (a checkpoint written
+    before runs were recorded) the `config.yaml` beside its `checkpoints/` folder; None when neither exists."""
+    text = (checkpoint.get(RUN_KEY) or {}).get("config")
+    if text is None and (beside := Path(path).parent.parent / "config.yaml").is_file():
+        text = beside.read_text()
+    return text
+
+
 def read_run(path: str | os.PathLike) -> dict[str, Any]:
     """What a checkpoint says of its run: id, flattened config, world size, CSV version, global step, the total
     steps of its 1cycle, its date. A checkpoint written before runs were recorded gives its config from the
@@ -91,9 +100,7 @@ def read_run(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     record = dict(checkpoint.get(RUN_KEY) or {})
-    config_text = record.get("config")
-    if config_text is None and (beside := path.parent.parent / "config.yaml").is_file():
-        config_text = beside.read_text()
+    config_text = saved_config_text(path, checkpoint)
     schedulers = checkpoint.get("lr_schedulers") or [{}]
     return {"path": str(path), "id": record.get("id"), "world_size": record.get("world_size"),
             "csv_version": record.get("csv_version"), "parent": record.get("parent"),

@@ -41,17 +41,6 @@ def language_model_problem(path: str | os.PathLike, checkpoint: dict) -> str | N
     return None
 
 
-def saved_config_text(path: str | os.PathLike, checkpoint: dict) -> str | None:
-    """The config the checkpoint's run was trained with, as YAML: its run record's, else the `config.yaml` beside
-    its `checkpoints/` folder (as `cli_resume.read_run` finds it); None when neither exists."""
-    from cli_resume import RUN_KEY
-
-    text = (checkpoint.get(RUN_KEY) or {}).get("config")
-    if text is None and (beside := Path(path).parent.parent / "config.yaml").is_file():
-        text = beside.read_text()
-    return text
-
-
 def as_script_config(config: dict[str, Any]) -> dict[str, Any]:
     """A saved `cli.py fit` config as `cli.main(..., run=False)` takes it (see the module docstring): without
     `fit`'s own arguments, and with its W&B logger starting a run of its own. `config` is changed in place."""
@@ -104,6 +93,7 @@ def run_arguments(ckpt_path: str, cli_args: list[str]) -> list[str]:
     followed by the overrides given (`--data.data_dir` where the data has moved). Stops in one sentence when the
     checkpoint is unreadable, not a language model's, or carries no config to rebuild its run from."""
     from cli_checks import read_checkpoint, stop
+    from cli_resume import saved_config_text
 
     if names_a_config(cli_args):
         return accept_saved_configs(cli_args)
