@@ -166,7 +166,7 @@ def first_loss() -> float:
     (dict(check_every_n_steps=1, divergence_window=4), "3 of its last 4 values, up to step 12", "by the window"),
     # default window (20) not yet full, no periodic check due: the latest loss above the line as last.ckpt is built
     (dict(check_every_n_steps=100), "6 of its last 16 values, up to step 15", "at the checkpoint save"),
-])
+], ids=["by the window", "at the checkpoint save"])
 def test_a_finite_divergence_stops_with_step_lr_and_kept_checkpoint(tmp_path, guard, said, when):
     with pytest.raises(DivergedLossError) as stop:
         fit(tmp_path, seeded(growing_from(9)), NaNGuard(**guard))
