@@ -5,6 +5,9 @@ PY     := $(VENV)/bin/python
 CONFIG ?= configs/cifar.yaml
 ARGS   ?=
 PYTEST_ARGS ?=
+# Two pytest processes, one per core (docs/TESTING.md); each file runs whole in one of them, so the module-scoped
+# trained fixtures are built once. PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 2
 # On project machines the real CIFAR-10 images ship as JPEGs in ../shared/data; elsewhere data is downloaded.
 SHARED_CIFAR := ../shared/data/cifar10-jpg.tar.gz
 
@@ -34,7 +37,7 @@ demo: install data
 	$(PY) cli.py fit --config configs/cifar.yaml --config configs/cifar_cpu.yaml $(ARGS)
 
 test: install
-	WANDB_MODE=offline $(PY) -m pytest $(PYTEST_ARGS)
+	WANDB_MODE=offline $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: install
 	$(PY) benchmarks/run_all.py
