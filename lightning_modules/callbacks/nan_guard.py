@@ -115,6 +115,7 @@ class NaNGuard(pl.Callback):
                            else None)
         self._pending: list[tuple[int, list[float], torch.Tensor]] = []  # (global step, lrs, loss on device)
         self._step_lrs: tuple[int, list[float]] = (0, [])
+        self._saved_step: int | None = None  # global step of the last checkpoint this process let through
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
@@ -136,6 +137,7 @@ class NaNGuard(pl.Callback):
                    if isinstance(t, torch.Tensor) and t.is_floating_point()]
         weights_finite = bool(torch.stack([torch.isfinite(t).all() for t in weights]).all()) if weights else True
         self.check(trainer, weights_finite=weights_finite, keeping="as a checkpoint was about to be written")
+        self._saved_step = trainer.global_step
         if self.divergence is not None and "callbacks" in checkpoint:
             # Lightning collected state_dict() before this hook: store the window as it is after this check.
             checkpoint["callbacks"][self.state_key] = self.state_dict()
@@ -179,6 +181,15 @@ class NaNGuard(pl.Callback):
         else:
             kept = "there is no last good checkpoint (none yet): restart with"
         error = NonFiniteLossError
+        written = "training stopped with no checkpoint of the diverged weights written, and"
+        if diverged and checkpoint and self._saved_step is not None \
+                and self._saved_step >= (crossed := self.divergence.first_above()[0]):
+            # The loss crossed the line, dipped below it as that checkpoint was written, and came back: a loss
+            # diverging bounces so. The checkpoint is then no good one to go back to.
+            written = (f"training stopped, but the last checkpoint {checkpoint} (global step {self._saved_step}) was "
+                       f"written after the loss first crossed that line at step {crossed}, so it may hold diverging "
+                       "weights:")
+            kept = "restart from scratch (or from a checkpoint of your own from before that step) with"
         if first_bad is not None:
             step, lrs, _ = pending[first_bad]
             what = f"the training loss became {values[first_bad]} at global step {step} ({format_lrs(lrs)})"
@@ -196,5 +207,4 @@ class NaNGuard(pl.Callback):
         else:
             what = (f"the training loss became NaN/inf or diverged on another process by global step "
                     f"{trainer.global_step}")
-        raise error(f"NaNGuard: {what}; training stopped with no checkpoint of the diverged weights written, and "
-                    f"{kept} {lower_lr}.")
+        raise error(f"NaNGuard: {what}; {written} {kept} {lower_lr}.")

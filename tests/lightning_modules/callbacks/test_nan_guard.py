@@ -184,6 +184,24 @@ def test_a_finite_divergence_stops_with_step_lr_and_kept_checkpoint(tmp_path, gu
     assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["last.ckpt"]
 
 
+def test_a_checkpoint_written_after_the_loss_crossed_the_line_is_not_called_good(tmp_path):
+    """A diverging loss bounces: above the line at step 6, below it at step 7 as epoch 0's last.ckpt (global step 8)
+    is written, above from step 8 on. The window then stops the run, and the sentence must not send the user back to
+    that checkpoint as a good one (at AdamW lr 50 it held chance-level weights)."""
+    bouncing = lambda step: 1000.0 if step == 6 or step >= 8 else 0.0  # noqa: E731
+    with pytest.raises(DivergedLossError) as stop:
+        fit(tmp_path, seeded(bouncing), NaNGuard(check_every_n_steps=1, divergence_window=4))
+    message = str(stop.value)
+    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
+    assert "diverged from global step 6 " in message and "3 of its last 4 values, up to step 9," in message, message
+    assert (f"training stopped, but the last checkpoint {checkpoint} (global step 8) was written after the loss first "
+            "crossed that line at step 6, so it may hold diverging weights: restart from scratch (or from a checkpoint "
+            "of your own from before that step) with a lower lr") in message, message
+    assert "last good checkpoint" not in message and "init_weights" not in message
+    assert message.count(". ") == 0 and message.endswith(").")  # one sentence
+    assert torch.load(checkpoint, weights_only=True)["global_step"] == STEPS_PER_EPOCH
+
+
 def test_a_diverging_cifar_run_stops_through_the_cli_with_exit_status_1(cifar_dir, tmp_path):
     """The issue's case, small: AdamW at lr 50 on a tiny WRN. Its loss stays finite (no NaN) and grows without bound;
     the guard as configs/cifar.yaml has it (the defaults) stops it at the first checkpoint save, writing none."""
