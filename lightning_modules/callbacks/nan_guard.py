@@ -22,7 +22,9 @@ A run can also diverge without a NaN: the CIFAR CPU config at AdamW lr 50 ran al
 (`divergence.py`): the run stops when more than half of its last `divergence_window` training losses lie above
 `divergence_factor` × its first training loss. And no checkpoint is written, nor the run ended, while the latest
 loss lies above that line: there the guard cannot yet tell a spike from a divergence, and a diverged `last.ckpt`
-would replace the good one the message sends the user back to.
+would replace the good one the message sends the user back to. A diverging loss can still dip below the line just
+as a checkpoint is written; when the run then stops, the sentence says that checkpoint came after the loss first
+crossed the line, rather than calling it good.
 
 Why the defaults (100 times, 20 steps) stop no healthy run: the line sits at 230 for CIFAR-10 (first loss ln 10 =
 2.3), 530 for Stanford Cars (ln 196 = 5.3) and 1040 for WikiText-2 (ln 33 278 = 10.4), a loss only logits in the
