@@ -194,10 +194,12 @@ class LoggedSaveConfigCallback(SaveConfigCallback):
         # As config.yaml holds it: plain values (`as_dict()` would keep jsonargparse's Path objects, which the CSV
         # logger's hparams.yaml would then write as Python object tags that no safe YAML loader reads).
         config = yaml.safe_load(self.parser.dump(self.config, skip_unset=False))
+        run = dict(self.run)
         csv_loggers = [logger for logger in trainer.loggers if isinstance(logger, CSVLogger)]
-        if self.run or csv_loggers:  # the W&B run names its run folder: the claimed CSV version (rank 0's own)
-            config["run"] = {**self.run, **({"dir": csv_loggers[0].log_dir, "csv_version": csv_loggers[0].version}
-                                            if csv_loggers else {})}
+        if csv_loggers:  # the W&B run names its run folder: the claimed CSV version (rank 0's own)
+            run.update(dir=csv_loggers[0].log_dir, csv_version=csv_loggers[0].version)
+        if run:
+            config["run"] = run
         for logger in trainer.loggers:
             logger.log_hyperparams(config)
 

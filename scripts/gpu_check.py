@@ -194,7 +194,6 @@ def child_fit(result_file: Path, cli_args: list[str]) -> None:
 
     import cli
 
-    sys.argv = sys.argv[:1]  # the arguments go to LightningCLI as `args`, not through the command line
     cli.main(cli_args)
     cuda = torch.cuda.is_available()
     write_atomic(result_file, json.dumps({

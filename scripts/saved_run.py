@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -110,19 +109,3 @@ def run_arguments(ckpt_path: str, cli_args: list[str]) -> list[str]:
              "cli.py (--config configs/wikitext2_lstm.yaml ...).")
     return ["--config", inline(as_script_config(yaml.safe_load(text))), *cli_args]
 
-
-def build_run(cli_args: list[str]) -> Any:
-    """`cli.py`'s run for `cli_args`, parsed and instantiated but not run, with `cli_args` as its command line.
-
-    LightningCLI warns when it is given `args` while `sys.argv` holds arguments too, since it cannot tell which
-    were meant. A script's remaining arguments are `cli.py`'s command line, so they take `sys.argv`'s place for
-    the call, as `python cli.py ...` would have them, and `sys.argv` is restored after it.
-    """
-    import cli
-
-    command_line = sys.argv[:]
-    sys.argv[:] = [command_line[0] if command_line else "", *cli_args]
-    try:
-        return cli.main(None, run=False)
-    finally:
-        sys.argv[:] = command_line

@@ -182,11 +182,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, help="default: <the checkpoint's run folder>/cache_tuning")
     options, cli_args = parser.parse_known_args(argv)
 
+    import cli
     from cli_checks import read_checkpoint, state_problem, stop
     from cli_resume import ResumeProblem, choose_last
-    from scripts.saved_run import build_run, language_model_problem, run_arguments
+    from scripts.saved_run import language_model_problem, run_arguments
 
-    run = build_run(run_arguments(options.ckpt_path, cli_args))
+    run = cli.main(run_arguments(options.ckpt_path, cli_args), run=False)
     path = options.ckpt_path
     if path == "last":
         try:

@@ -224,13 +224,14 @@ def test_a_runs_saved_config_starts_a_wandb_run_of_its_own(trained, tmp_path):
     """A fit's config.yaml names the fit's W&B run (its id): tuning from it logs to a run of its own, same group."""
     import yaml
 
-    from scripts.saved_run import accept_saved_configs, build_run
+    import cli
+    from scripts.saved_run import accept_saved_configs
 
     saved = yaml.safe_load((trained["run_dir"] / "config.yaml").read_text())
     saved["trainer"]["logger"].append({"class_path": "lightning_modules.loggers.ResumableWandbLogger", "init_args": {
         "id": "fit00001", "resume_step": 12, "offline": True, "project": "superconvergence", "group": "wikitext2"}})
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(saved))
-    run = build_run(accept_saved_configs(["--config", str(path)]))
+    run = cli.main(accept_saved_configs(["--config", str(path)]), run=False)
     wandb_init = run.trainer.loggers[1]._wandb_init
     assert wandb_init["id"] is None and wandb_init["group"] == "wikitext2" and run.trainer.loggers[1].resume_step is None
