@@ -25,7 +25,7 @@ import torch
 from jsonargparse._common import debug_mode_active
 from pytorch_lightning.cli import LightningArgumentParser
 
-from optim.arg_checks import one_cycle_arg_problem, optimizer_arg_problem
+from optim.arg_checks import combination_problem, one_cycle_arg_problem, optimizer_arg_problem
 
 _NOT_INIT_ARGS = ("self", "params", "optimizer", "args", "kwargs")
 
@@ -165,6 +165,8 @@ def run_config_problem(config: Any, subcommand: str, root: str | os.PathLike) ->
         part = model_args.get(name)
         if isinstance(part, dict) and (problem := check(part.get("init_args") or {}, f"model.init_args.{name}.init_args")):
             return problem
+    if problem := combination_problem(_as_dict(model_args.get("optimizer")), _as_dict(model_args.get("lr_scheduler"))):
+        return problem
     if subcommand == "fit" and (problem := _training_length_problem(config.trainer)):
         return problem
     loggers = config.trainer.logger if isinstance(config.trainer.logger, list) else [config.trainer.logger]

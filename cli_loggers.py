@@ -2,7 +2,8 @@
 run's loggers continue that run.
 
 - A logger without its own `save_dir` (or with ".") writes under `--trainer.default_root_dir`, like checkpoints.
-- W&B runs are tagged with the optimizer and its weight-decay mode (adamw/adam/sgd, amsgrad, decoupled-wd/l2-wd),
+- W&B runs are tagged with the optimizer, its weight-decay mode and the schedule (adamw/nadamw/muon/..., amsgrad,
+  decoupled-wd/l2-wd, one-cycle/cosine/wsd/constant),
   so dashboards group runs without edits.
 - A W&B logger asked to log online falls back to offline, with a warning, when online logging cannot start.
 - `fit` gives the W&B run the run's id (new, or the resumed checkpoint's); resuming sets the CSV logger's version
@@ -19,17 +20,31 @@ from jsonargparse import Namespace
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 
-def optimizer_tags(optimizer: Namespace | None) -> list[str]:
-    """W&B tags naming the optimizer and its weight-decay mode, so dashboards can group runs without edits."""
+OPTIMIZER_TAGS = {"adamwschedulefree": "schedule-free-adamw", "muonwithauxadamw": "muon"}
+DECOUPLED = ("adamw", "nadamw", "schedule-free-adamw", "muon")
+SCHEDULE_TAGS = {"OneCycleLR": "one-cycle", "RNNOneCycleLR": "rnn-one-cycle", "WarmupCosineLR": "cosine",
+                 "WarmupStableDecayLR": "wsd"}
+
+
+def optimizer_tags(optimizer: Namespace | None, lr_scheduler: Namespace | None = None) -> list[str]:
+    """W&B tags naming the optimizer, its weight-decay mode and the schedule, so dashboards can group runs without
+    edits: e.g. [adamw, decoupled-wd, one-cycle], [nadamw, decoupled-wd, cosine], [schedule-free-adamw, ..., constant]."""
     if optimizer is None or not hasattr(optimizer, "class_path"):
         return []
     name = optimizer.class_path.rsplit(".", 1)[-1].lower()
     init_args = optimizer.get("init_args") or Namespace()
+    name = "nadamw" if name == "nadam" and init_args.get("decoupled_weight_decay") else OPTIMIZER_TAGS.get(name, name)
     tags = [name]
     if init_args.get("amsgrad"):
         tags.append("amsgrad")
-    if init_args.get("weight_decay"):
-        tags.append("decoupled-wd" if name == "adamw" else "l2-wd")
+    if init_args.get("weight_decay") or init_args.get("adamw_weight_decay"):
+        tags.append("decoupled-wd" if name in DECOUPLED else "l2-wd")
+    if lr_scheduler is not None and hasattr(lr_scheduler, "class_path"):
+        scheduler = lr_scheduler.class_path.rsplit(".", 1)[-1]
+        schedule = SCHEDULE_TAGS.get(scheduler, scheduler.lower())
+        if schedule == "wsd" and not (lr_scheduler.get("init_args") or Namespace()).get("decay_fraction", 0.2):
+            schedule = "constant"
+        tags.append(schedule)
     return tags
 
 
@@ -57,7 +72,8 @@ def wandb_offline_reason(init_args: Namespace) -> str | None:
 def prepare_loggers(config: Namespace, root: str, run_id: str | None, resumed: dict[str, Any] | None) -> None:
     """Fill in the loggers' init args in `config` (see the module docstring); `run_id` only for `fit`."""
     loggers = config.trainer.logger
-    tags = optimizer_tags(config.model.init_args.get("optimizer") if config.get("model") else None)
+    model_args = config.model.init_args if config.get("model") else Namespace()
+    tags = optimizer_tags(model_args.get("optimizer"), model_args.get("lr_scheduler"))
     for logger in loggers if isinstance(loggers, list) else [loggers]:
         init_args = getattr(logger, "init_args", None)
         if init_args is None:

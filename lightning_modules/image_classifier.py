@@ -26,8 +26,12 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_modules.compile import compile_net
 from lightning_modules.hparams import save_hyperparameters_for_reload
+from lightning_modules.muon_split import announce_muon_split
 from lightning_modules.net_weights import load_net_weights
-from optim import FinetuneStage, OneCycleLR, apply_lr_multipliers, as_stages, param_groups, set_trainable, stage_at_epoch
+from lightning_modules.schedule_free import ScheduleFreeHooks, ScheduleFreePoints
+from optim import (FinetuneStage, OneCycleLR, apply_lr_multipliers, as_stages, build_optimizer, param_groups, set_trainable,
+                   stage_at_epoch)
+from optim.muon import optimizer_class
 
 STAGE_CHECKPOINT_KEY = "finetune_stage"
 
@@ -41,7 +45,7 @@ def _default_scheduler(optimizer: torch.optim.Optimizer, total_steps: int) -> On
                       final_div_factor=100, three_phase=True)
 
 
-class ImageClassifier(pl.LightningModule):
+class ImageClassifier(ScheduleFreeHooks, pl.LightningModule):
     """Args:
         net: the network (an `nn.Module` from `lightning_modules/nets/`), its `num_classes` linked from the data.
         optimizer: a `torch.optim` class with its arguments, called with the param groups.
@@ -59,6 +63,9 @@ class ImageClassifier(pl.LightningModule):
             `lr` replaces the optimizer's. null: one stage, everything trainable, the optimizer's lr.
         init_weights: a checkpoint whose net weights a new `fit` starts from, with a fresh optimizer and 1cycle
             (`lightning_modules/net_weights.py`); ignored when the fit resumes a checkpoint.
+        schedule_free_bn_batches: with a schedule-free optimizer, the training batches over which BatchNorm
+            statistics are recomputed at the evaluation point before each evaluation and checkpoint
+            (`lightning_modules/schedule_free.py`); 0 keeps the statistics gathered while training.
     """
 
     def __init__(
@@ -73,10 +80,12 @@ class ImageClassifier(pl.LightningModule):
         stages: list[FinetuneStage] | None = None,
         compile: bool = False,
         init_weights: str | None = None,
+        schedule_free_bn_batches: int = 8,
     ):
         super().__init__()
         save_hyperparameters_for_reload(self)
         self.net = net
+        self.schedule_free = ScheduleFreePoints(self, schedule_free_bn_batches)
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.tta, self.tta_seed = tta, tta_seed
         self.decay_norm_and_bias, self.channels_last = decay_norm_and_bias, channels_last
@@ -89,6 +98,10 @@ class ImageClassifier(pl.LightningModule):
         if self.stages is not None and not callable(getattr(net, "layer_groups", None)):
             raise ValueError(f"model.stages needs a net with layer groups; {type(net).__name__} has no "
                              "layer_groups() method (use e.g. ResNetWithHead, or set model.stages: null).")
+        if self.stages is not None and getattr(optimizer_class(optimizer), "splits_hidden_matrices", False):
+            raise ValueError("model.optimizer MuonWithAuxAdamW does not combine with model.stages: each stage has one lr "
+                             "where Muon needs two, and Muon is not made for weights pretrained with AdamW; fine-tune "
+                             "with configs/optim/cars_adamw.yaml, or set model.stages: null.")
         num_classes = self._num_classes(net)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -209,10 +222,12 @@ class ImageClassifier(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[STAGE_CHECKPOINT_KEY] = self.active_stage
+        self.schedule_free.save(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Runs before the optimizers are rebuilt on resume, so they are built for the checkpoint's stage.
         self.active_stage = int(checkpoint.get(STAGE_CHECKPOINT_KEY, 0))
+        self.schedule_free.load(checkpoint)
         if self.stages is not None and self.active_stage >= len(self.stages):
             raise ValueError(f"the checkpoint was taken in fine-tuning stage {self.active_stage + 1} but "
                              f"model.stages has {len(self.stages)}; resume with the stages it was trained with.")
@@ -239,14 +254,15 @@ class ImageClassifier(pl.LightningModule):
     def configure_optimizers(self):
         if self.stages is None:
             groups = param_groups(self.net, decay_norm_and_bias=self.decay_norm_and_bias)
-            optimizer = apply_lr_multipliers(self.optimizer_factory(groups))
+            optimizer = apply_lr_multipliers(build_optimizer(self.optimizer_factory, groups, self.net))
             total_steps = self.trainer.estimated_stepping_batches
         else:
             stage = self.stages[self.active_stage]
             layer_groups = self.net.layer_groups()
             groups = param_groups(layer_groups, stage.group_multipliers(len(layer_groups)),
                                   decay_norm_and_bias=self.decay_norm_and_bias, include_frozen=True)
-            optimizer = apply_lr_multipliers(self.optimizer_factory(groups), lr=stage.lr)
+            optimizer = apply_lr_multipliers(build_optimizer(self.optimizer_factory, groups, self.net), lr=stage.lr)
             total_steps = self._stage_steps(stage)
+        announce_muon_split(self, optimizer)
         scheduler = self.scheduler_factory(optimizer, total_steps=total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

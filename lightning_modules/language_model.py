@@ -26,10 +26,12 @@ from torchmetrics.aggregation import MeanMetric
 
 from lightning_modules.compile import compile_net
 from lightning_modules.hparams import save_hyperparameters_for_reload
+from lightning_modules.muon_split import announce_muon_split
 from lightning_modules.net_weights import load_net_weights
+from lightning_modules.schedule_free import ScheduleFreeHooks, ScheduleFreePoints
 from lightning_modules.nets.awd_lstm import detach_state
 from lightning_modules.neural_cache import MIXING, NeuralCache
-from optim import RNNOneCycleLR
+from optim import RNNOneCycleLR, build_optimizer
 
 
 HIDDEN_CHECKPOINT_KEY = "carried_hidden"
@@ -52,7 +54,7 @@ def _default_scheduler(optimizer: torch.optim.Optimizer, total_steps: int) -> RN
     return RNNOneCycleLR(optimizer, total_steps)
 
 
-class LanguageModel(pl.LightningModule):
+class LanguageModel(ScheduleFreeHooks, pl.LightningModule):
     """Args:
         net: an `RNNLanguageNet` (AWDLSTM, QRNNLanguageNet); its `vocab_size` is linked from the data.
         optimizer, lr_scheduler: as in ImageClassifier; the scheduler gets `total_steps` and is stepped per batch.
@@ -96,6 +98,7 @@ class LanguageModel(pl.LightningModule):
         if bptt <= 0 or cache_window <= 0:
             raise ValueError(f"model.init_args.bptt ({bptt}) and cache_window ({cache_window}) must be positive.")
         self.net = net
+        self.schedule_free = ScheduleFreePoints(self, bn_batches=0)  # schedule-free optimizers; the nets have no BatchNorm
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.alpha, self.beta, self.bptt = alpha, beta, bptt
         self.cache_enabled, self.cache_in_validation = cache, cache_in_validation
@@ -134,13 +137,23 @@ class LanguageModel(pl.LightningModule):
         return loss + ar + tar
 
     def _scale_lr(self, seq_len: int) -> None:
-        """This batch's lr = the scheduled lr × seq_len / bptt (AWD-LSTM); the next scheduler step resets it."""
+        """This batch's lr = the scheduled lr × seq_len / bptt (AWD-LSTM); `optimizer_step` puts it back."""
         scheduler = self.lr_schedulers()
         if scheduler is None:
             return
         optimizer = scheduler.optimizer
         for group, scheduled in zip(optimizer.param_groups, scheduler.get_last_lr()):
             group["lr"] = scheduled * seq_len / self.bptt
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The step at the batch's scaled lr, then the scheduled lr back in the groups before the scheduler steps:
+        torch's chainable schedulers (LinearLR, CosineAnnealingLR) compute the next lr from the group's current one,
+        so a scaled lr left there would carry into every later step."""
+        super().optimizer_step(*args, **kwargs)
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            for group, scheduled in zip(scheduler.optimizer.param_groups, scheduler.get_last_lr()):
+                group["lr"] = scheduled
 
     # --- evaluation -----------------------------------------------------------------------------------------
 
@@ -209,14 +222,17 @@ class LanguageModel(pl.LightningModule):
         else:
             ranks = [local]
         checkpoint[HIDDEN_CHECKPOINT_KEY] = ranks
+        self.schedule_free.save(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.schedule_free.load(checkpoint)
         ranks = checkpoint.get(HIDDEN_CHECKPOINT_KEY) or [None]
         self.restored_hidden = ranks[self.global_rank % len(ranks)]  # another world size: the shards differ anyway
 
     # --- optimisation ---------------------------------------------------------------------------------------
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.net.parameters())
+        optimizer = build_optimizer(self.optimizer_factory, [{"params": list(self.net.parameters())}], self.net)
+        announce_muon_split(self, optimizer)
         scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

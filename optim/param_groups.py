@@ -60,11 +60,12 @@ def param_groups(
 
 
 def apply_lr_multipliers(optimizer: Optimizer, lr: float | None = None) -> Optimizer:
-    """Set each group's lr to `lr` (default: the optimizer's) times the group's `lr_multiplier`.
+    """Set each group's lr to `lr` (default: the lr the optimizer gave the group) times its `lr_multiplier`.
 
-    Call once, right after building the optimizer and before the scheduler reads the peak lrs.
+    Call once, right after building the optimizer and before the scheduler reads the peak lrs. The default reads
+    each group's own lr, not `defaults["lr"]`: an optimizer with two kinds of group (Muon and AdamW,
+    `optim/muon.py`) gives them different lrs.
     """
-    base_lr = optimizer.defaults["lr"] if lr is None else lr
     for group in optimizer.param_groups:
-        group["lr"] = base_lr * group.get("lr_multiplier", 1.0)
+        group["lr"] = (group["lr"] if lr is None else lr) * group.get("lr_multiplier", 1.0)
     return optimizer
