@@ -123,6 +123,7 @@ class MuonWithAuxAdamW(SingleDeviceMuonWithAuxAdam):
         with one change: a conv filter's update, which `muon_update` orthogonalises as a 2-D matrix, is reshaped
         back to the filter's shape before it is applied. The PyPI release (0.1.0) adds the 2-D update to the 4-D
         weight, which fails ("size of tensor a (3) must match ... b (27)"); the GitHub repository reshapes it so.
+        A channels-last gradient is made contiguous first, since the reference views it as a matrix.
         """
         loss = None
         if closure is not None:
@@ -136,7 +137,9 @@ class MuonWithAuxAdamW(SingleDeviceMuonWithAuxAdam):
                 if group["use_muon"]:
                     if len(state) == 0:
                         state["momentum_buffer"] = torch.zeros_like(p)
-                    update = muon_update(p.grad, state["momentum_buffer"], beta=group["momentum"]).reshape(p.shape)
+                    # contiguous: the reference views a conv gradient as 2-D, which a channels-last one cannot be
+                    update = muon_update(p.grad.contiguous(), state["momentum_buffer"],
+                                         beta=group["momentum"]).reshape(p.shape)
                 else:
                     if len(state) == 0:
                         state["exp_avg"], state["exp_avg_sq"], state["step"] = torch.zeros_like(p), torch.zeros_like(p), 0

@@ -14,6 +14,7 @@ import os
 import signal
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -22,9 +23,12 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from torch.utils.data import DataLoader, IterableDataset
 
+import schedulefree
 from datamodules.resumable_loader import ResumableDataLoader, live_train_loader
 from lightning_modules.callbacks import PreemptionCheckpoint, RNGStateCheckpoint
 from lightning_modules.callbacks.preemption import EXIT_STATUS
+from lightning_modules.schedule_free import TRAIN_POINT_KEY
+from optim import MuonWithAuxAdamW, WarmupStableDecayLR
 from tests.lightning_modules.callbacks.test_rng_state import (  # noqa: F401 (data_roots: a fixture)
     EPOCHS, build, data_roots, differences)
 
@@ -69,11 +73,20 @@ class Run:
     warnings: list[str]
 
 
+CONTENDERS = {  # optimizer and schedule of the contenders (configs/optim/*.yaml), built as cli.py builds them
+    "schedule-free": (partial(schedulefree.AdamWScheduleFree, lr=3e-3, weight_decay=0.1),
+                      partial(WarmupStableDecayLR, decay_fraction=0.0)),
+    "muon": (partial(MuonWithAuxAdamW, lr=0.02, adamw_lr=3e-3, adamw_weight_decay=0.1), partial(WarmupStableDecayLR)),
+}
+
+
 def fit(task: str, root: Path, out: Path, *, old_loaders: bool = False, workers: int = 0,
-        sigterm_at: int | None = None, resume_from: Path | None = None) -> Run:
+        sigterm_at: int | None = None, resume_from: Path | None = None, contender: str | None = None) -> Run:
     """One `fit`, seeded like cli.py, with the configs' guards; a SIGTERM stop is caught (exit status 143)."""
     pl.seed_everything(0, verbose=False)
     model, data = build(task, root)
+    if contender:
+        model.optimizer_factory, model.scheduler_factory = CONTENDERS[contender]
     if workers:
         data.num_workers = workers  # CIFAR's DataLoader workers (persistent, as the datamodule makes them)
     if old_loaders:
@@ -95,8 +108,13 @@ def fit(task: str, root: Path, out: Path, *, old_loaders: bool = False, workers:
 @pytest.fixture(scope="module")
 def uninterrupted(data_roots: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     out = tmp_path_factory.mktemp("uninterrupted")
-    return {"cifar": fit("cifar", data_roots["cifar"], out / "cifar"),
+    runs = {"cifar": fit("cifar", data_roots["cifar"], out / "cifar"),
             "wikitext": fit("wikitext", data_roots["wikitext"], out / "wikitext")}
+    for contender in CONTENDERS:
+        runs[f"cifar+{contender}"] = fit("cifar", data_roots["cifar"], out / f"cifar+{contender}", contender=contender)
+    runs["wikitext+schedule-free"] = fit("wikitext", data_roots["wikitext"], out / "wikitext+schedule-free",
+                                         contender="schedule-free")
+    return runs
 
 
 def test_the_saved_position_is_the_batches_trained_at_every_batch_end(uninterrupted):
@@ -112,6 +130,11 @@ CASES = [
     pytest.param("wikitext", {}, id="wikitext"),
     pytest.param("cifar", {"old_loaders": True}, id="cifar, old loaders"),
     pytest.param("wikitext", {"old_loaders": True}, id="wikitext, old loaders"),
+    # Schedule-free: the checkpoint holds the averaged point x; the resumed run continues from the training point y
+    # it carries (lightning_modules/schedule_free.py), exactly. Muon: its split groups and momentum buffers.
+    pytest.param("cifar", {"contender": "schedule-free"}, id="cifar, schedule-free AdamW"),
+    pytest.param("cifar", {"contender": "muon"}, id="cifar, Muon"),
+    pytest.param("wikitext", {"contender": "schedule-free"}, id="wikitext, schedule-free AdamW"),
 ]
 
 
@@ -119,7 +142,7 @@ CASES = [
 def test_sigterm_mid_epoch_then_resume_trains_the_same_batches_and_weights(task, options, data_roots, uninterrupted,
                                                                            tmp_path):
     old_loaders = options.get("old_loaders", False)
-    reference = uninterrupted[task]
+    reference = uninterrupted[task + (f"+{options['contender']}" if options.get("contender") else "")]
     steps_per_epoch = reference.trainer.global_step // EPOCHS[task]
     stop = steps_per_epoch + steps_per_epoch // 2  # the middle of epoch 1
     stopped = fit(task, data_roots[task], tmp_path / "first", sigterm_at=stop, **options)
@@ -130,6 +153,9 @@ def test_sigterm_mid_epoch_then_resume_trains_the_same_batches_and_weights(task,
         assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [position]
         assert saved[type(stopped.trainer.datamodule).__qualname__]["train_position"] == position
 
+    if options.get("contender") == "schedule-free":  # the file holds x, and y beside it for resuming
+        x, y = saved["state_dict"], saved[TRAIN_POINT_KEY]
+        assert any(not torch.equal(x[f"net.{name}"], value) for name, value in y.items())
     resumed = fit(task, data_roots[task], tmp_path / "resumed", resume_from=tmp_path / "first" / "last.ckpt",
                   **options)
     assert resumed.trainer.global_step == reference.trainer.global_step

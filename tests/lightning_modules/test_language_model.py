@@ -14,7 +14,7 @@ import cli
 from datamodules import WikiText2DataModule
 from lightning_modules import LanguageModel
 from lightning_modules.nets import AWDLSTM
-from optim import RNNOneCycleLR
+from optim import RNNOneCycleLR, WarmupCosineLR, WarmupStableDecayLR
 from tests.datamodules.test_wikitext2 import write_corpus
 
 
@@ -65,6 +65,26 @@ def test_each_batch_lr_is_scaled_by_its_length_and_state_is_carried(corpus):
     per_epoch = len(recorder.rows) // 2
     fresh = [row[3] for row in recorder.rows]
     assert fresh == ([True] + [False] * (per_epoch - 1)) * 2  # reset at each epoch start, carried otherwise
+
+
+@pytest.mark.parametrize("schedule", [WarmupCosineLR, WarmupStableDecayLR])
+def test_a_chainable_torch_schedule_gets_its_own_lrs_despite_the_per_batch_scaling(corpus, schedule):
+    """LinearLR and CosineAnnealingLR compute each lr from the group's current one: the scaled lr of a batch must
+    not carry into the next (LanguageModel.optimizer_step puts the scheduled lr back before the scheduler steps)."""
+    dm, recorder = data(corpus), RecordSteps()
+    lm = model(dm.vocab_size)
+    lm.scheduler_factory = partial(schedule, warmup_fraction=0.2)
+    trainer(max_epochs=2, callbacks=[recorder], limit_val_batches=0).fit(lm, dm)
+    alone = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=5e-3)
+    reference = schedule(alone, total_steps=len(recorder.rows), warmup_fraction=0.2)
+    expected = []
+    for _ in recorder.rows:
+        expected.append(alone.param_groups[0]["lr"])
+        alone.step()
+        reference.step()
+    assert [scheduled for _, scheduled, _, _ in recorder.rows] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    for used, scheduled, seq_len, _ in recorder.rows:
+        assert used == pytest.approx(scheduled * seq_len / 12, rel=1e-12)
 
 
 def test_perplexity_is_exp_of_the_token_weighted_mean_loss(corpus):

@@ -66,12 +66,18 @@ def test_a_conv_filter_is_updated_as_the_reference_updates_its_matrix_view():
     reference on the filter viewed as a matrix."""
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 4, 3, bias=False)
+    initial = conv.weight.detach().clone()
     matrix = nn.Parameter(conv.weight.detach().reshape(4, -1).clone())
     grad = torch.randn_like(conv.weight)
     conv.weight.grad, matrix.grad = grad.clone(), grad.reshape(4, -1).clone()
     MuonWithAuxAdamW([{"params": [conv.weight], "use_muon": True}], lr=0.02).step()
     SingleDeviceMuonWithAuxAdam([dict(params=[matrix], use_muon=True, lr=0.02)]).step()
     assert torch.equal(conv.weight.detach().reshape(4, -1), matrix.detach())
+    channels_last = nn.Conv2d(3, 4, 3, bias=False).to(memory_format=torch.channels_last)  # --channels_last true
+    channels_last.weight.data.copy_(initial)
+    channels_last.weight.grad = grad.clone().to(memory_format=torch.channels_last)
+    MuonWithAuxAdamW([{"params": [channels_last.weight], "use_muon": True}], lr=0.02).step()
+    assert torch.equal(channels_last.weight.detach(), conv.weight.detach())
     with pytest.raises(RuntimeError, match="must match"):  # the reference on the 4-D filter itself
         conv.weight.grad = grad.clone()
         SingleDeviceMuonWithAuxAdam([dict(params=[conv.weight], use_muon=True, lr=0.02)]).step()
