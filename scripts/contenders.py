@@ -2,6 +2,7 @@
 
     python scripts/contenders.py configs/studies/contenders_cifar.yaml              # run what is missing, report
     python scripts/contenders.py configs/studies/contenders_cifar.yaml --report-only
+    python scripts/contenders.py configs/studies/contenders_cifar.yaml --slurm   # job array (scripts/slurm/fit.sbatch)
 
 The protocol, applied alike to every contender (an optimizer with its schedule):
 1. tuning: one run per lr of the contender's own grid (`lrs`, the same number for all), at the tuning seed;
@@ -41,7 +42,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from scripts import contenders_report, study_report  # noqa: E402
-from scripts.study import claim, is_done, run_locally  # noqa: E402
+from scripts.study import claim, is_done, run_locally, write_slurm_array  # noqa: E402
 
 REQUIRED = ("name", "configs", "lr_arg", "select", "metrics", "seeds", "contenders")
 
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("study", type=Path)
     parser.add_argument("--report-only", action="store_true", help="only write the report from finished runs")
+    parser.add_argument("--slurm", action="store_true", help="write a SLURM job-array file of the runs that can start "
+                        "now (tuning first; run it again once tuning has finished for the seeds and budgets)")
     parser.add_argument("--python", default=sys.executable, help="interpreter that runs cli.py")
     parser.add_argument("--root", type=Path, default=REPO, help="where runs/studies/ and docs/results/ go")
     options = parser.parse_args(argv)
@@ -139,6 +142,12 @@ def main(argv: list[str] | None = None) -> None:
     if spec["anytime"] and spec["max_epochs"] is None:
         raise SystemExit(f"{options.study}: anytime needs max_epochs (the full budget the fractions refer to).")
     root = options.root.resolve()
+    if options.slurm:
+        runs, waiting = planned_runs(spec, root)
+        write_slurm_array(spec, runs, root)
+        if waiting:
+            print("[contenders] tuning is not finished: run --slurm again afterwards for the seeds and budgets.")
+        return
     if not options.report_only:
         run_all(spec, options.python, root)
     contenders_report.write(spec, root, chosen_lr, make_run, final_value)

@@ -81,3 +81,10 @@ def test_the_report_gives_tuning_results_seeds_steps_to_target_and_the_anytime_f
     assert "| free | 0.003 | 60.50 ± 0.71 (n=2) | 9, 19 |" in report
     assert "| 2 | 60.00 | 55.00 |" in report and "| 4 | 70.00 | 62.00 |" in report  # budgets vs the one free run
     assert (tmp_path / "docs" / "results" / "toy" / "anytime.png").stat().st_size > 0
+
+
+def test_slurm_array_lists_the_tuning_runs_first(tmp_path, capsys):
+    contenders.main([str(spec_file(tmp_path)), "--slurm", "--root", str(tmp_path)])
+    lines = (tmp_path / "runs" / "studies" / "toy" / "slurm_array.txt").read_text().splitlines()
+    assert len(lines) == 4 and all("seed=0" in line.split()[0] for line in lines)
+    assert "run --slurm again afterwards" in capsys.readouterr().out
