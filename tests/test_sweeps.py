@@ -35,13 +35,18 @@ def test_every_combination_parses(path, cifar_dir, tmp_path):
     sweep = yaml.safe_load(path.read_text())
     assert sweep["program"] == "cli.py" and sweep["method"] == "grid"
     combos = combinations(sweep)
-    assert len(combos) == 36
+    assert len(combos) == {"cifar_optimizers.yaml": 36, "contenders_cifar.yaml": 12}[path.name]
     for args in combos:
         run = cli.main([*command_args(sweep), *args, *TINY_WRN_ARGS, "--data.data_dir", str(cifar_dir),
                         "--data.download", "false", "--trainer.default_root_dir", str(tmp_path)], run=False)
-        optimizer = run.model.optimizer_factory([__import__("torch").nn.Parameter(__import__("torch").zeros(1))])
         settings = dict(a[2:].split("=", 1) for a in args)
+        assert run.trainer.loggers[1]._offline is False  # the sweep logs online
+        if "config" in settings:  # a contender: its optim config composed after the task config, tagged as such
+            composed = yaml.safe_load((REPO / settings["config"]).read_text())["model"]["init_args"]["optimizer"]
+            assert run.model.hparams["optimizer"]["class_path"] == composed["class_path"]
+            assert run.model.hparams["optimizer"]["init_args"]["lr"] == composed["init_args"]["lr"]
+            continue
+        optimizer = run.model.optimizer_factory([__import__("torch").nn.Parameter(__import__("torch").zeros(1))])
         assert type(optimizer).__name__ == settings["model.init_args.optimizer.class_path"].rsplit(".", 1)[1]
         assert optimizer.defaults["amsgrad"] == (settings["model.init_args.optimizer.init_args.amsgrad"] == "True")
         assert optimizer.defaults["weight_decay"] == float(settings["model.init_args.optimizer.init_args.weight_decay"])
-        assert run.trainer.loggers[1]._offline is False  # the sweep logs online
