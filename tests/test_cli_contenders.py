@@ -2,6 +2,7 @@
 configs/schedule/{one_cycle,cosine,wsd}.yaml composed with a task config."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,32 @@ def test_muon_under_ddp_keeps_both_ranks_on_the_same_weights(cifar_dir, tmp_path
     assert not torch.equal(rank0[conv], initial[conv]) and not torch.equal(rank0[classifier], initial[classifier])
     for name in rank0:
         assert torch.equal(rank0[name], rank1[name]), f"ranks differ in {name}"
+
+
+def test_schedule_free_through_fine_tuning_stages_keeps_frozen_statistics_and_ends_at_x(cars_root, tmp_path):
+    """Each stage builds a fresh schedule-free optimizer; the frozen body's BatchNorm keeps its statistics (only the
+    layers that train are recomputed at x), and the run ends at x, as its last checkpoint holds."""
+    import schedulefree
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from optim import FinetuneStage
+    from tests.lightning_modules.test_finetuning import cars_data, cars_model
+
+    model = cars_model([FinetuneStage(epochs=1, lr=1e-2, frozen_groups=2), FinetuneStage(epochs=1, lr=3e-3)])
+    model.optimizer_factory = partial(schedulefree.AdamWScheduleFree, lr=1.0)
+    model.scheduler_factory = partial(WarmupStableDecayLR, decay_fraction=0.0)
+    seen = []
+
+    class FrozenStatistics(Callback):
+        def on_validation_end(self, trainer, pl_module):
+            seen.append(pl_module.net.body[1].running_mean.clone())  # the stem's BatchNorm: frozen in stage 1
+
+    initial = model.net.body[1].running_mean.clone()
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[ModelCheckpoint(dirpath=tmp_path, filename="last"), FrozenStatistics()])
+    trainer.fit(model, cars_data(cars_root))
+    assert torch.equal(seen[0], initial) and torch.equal(seen[1], initial)  # sanity check, stage 1: untouched
+    assert not torch.equal(seen[-1], initial)  # stage 2 trains the body: recomputed at x
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    live = model.state_dict()
+    assert TRAIN_POINT_KEY in saved and all(torch.equal(live[k], v) for k, v in saved["state_dict"].items())
