@@ -100,9 +100,10 @@ def test_schedule_free_fit_then_test_equals_cli_test_of_its_last_checkpoint(cifa
     exported = torch.load(tmp_path / "export" / "weights.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(exported[k], x[k]) for k in x)
 
-    tested = cli.main(["test", *cifar_args(cifar_dir, tmp_path / "test", "--config",
-                                           "configs/optim/schedule_free_adamw.yaml", "--trainer.logger", "false",
-                                           "--ckpt_path", str(checkpoint_path))])
+    tested = cli.main(["test", *cifar_args(cifar_dir, tmp_path, "--config", "configs/optim/schedule_free_adamw.yaml",
+                                           "--trainer.max_epochs", "2", "--trainer.logger", "false",
+                                           "--ckpt_path", "last")])
+    assert tested.trainer.ckpt_path == str(checkpoint_path)
     assert {k: float(v) for k, v in tested.trainer.callback_metrics.items() if k.startswith("test/")} == fitted
 
 
