@@ -5,7 +5,8 @@
     python scripts/contenders.py configs/studies/contenders_cifar.yaml --slurm   # job array (scripts/slurm/fit.sbatch)
 
 The protocol, applied alike to every contender (an optimizer with its schedule):
-1. tuning: one run per lr of the contender's own grid (`lrs`, the same number for all), at the tuning seed;
+1. tuning: one run per lr of the contender's own grid (`lrs`, the same number for all), at the tuning seed; when
+   the best of them is at an end of the grid, one more lr beyond that end (the grid's ratio), for every contender;
 2. selection: the lr whose run ends with the best validation metric (`select`: a held-out part of the training
    data, never the test set) — decided by this script, before any test number is read;
 3. seeds: the chosen lr again at every other seed; the report gives the test metric as mean ± std over seeds;
@@ -81,21 +82,44 @@ def final_value(run: dict, metric: str) -> float | None:
     return None if value is None or math.isnan(value) else value
 
 
+def tuning_lrs(spec: dict, name: str, root: Path = REPO) -> list[float]:
+    """The lrs `name` is tuned over: its grid, plus one step beyond the grid's end (the grid's own ratio) when the
+    grid's best lr is at that end — the same rule for every contender, applied once, so a best value at the edge
+    of a range chosen before any run is not mistaken for the best lr."""
+    lrs = sorted(float(lr) for lr in spec["contenders"][name]["lrs"])
+    scores = _scores(spec, name, lrs, root)
+    if len(lrs) < 2 or any(score is None for score in scores.values()):
+        return lrs
+    best = _best(spec, scores)
+    if best == lrs[0]:
+        return [float(f"{lrs[0] ** 2 / lrs[1]:.3g}"), *lrs]
+    if best == lrs[-1]:
+        return [*lrs, float(f"{lrs[-1] ** 2 / lrs[-2]:.3g}")]
+    return lrs
+
+
+def _scores(spec: dict, name: str, lrs: list[float], root: Path) -> dict[float, float | None]:
+    metric = spec["select"]["metric"]
+    return {lr: final_value(make_run(spec, name, lr, spec["seeds"][0], root=root), metric) for lr in lrs}
+
+
+def _best(spec: dict, scores: dict[float, float | None]) -> float:
+    return (max if spec["select"]["mode"] == "max" else min)(scores, key=scores.get)
+
+
 def chosen_lr(spec: dict, name: str, root: Path = REPO) -> float | None:
-    """The lr the protocol picks for `name` (best final validation metric at the tuning seed), or None until every
-    tuning run has finished."""
-    metric, mode = spec["select"]["metric"], spec["select"]["mode"]
-    scores = {lr: final_value(make_run(spec, name, lr, spec["seeds"][0], root=root), metric)
-              for lr in spec["contenders"][name]["lrs"]}
+    """The lr the protocol picks for `name` (best final validation metric at the tuning seed, over `tuning_lrs`),
+    or None until every tuning run has finished."""
+    scores = _scores(spec, name, tuning_lrs(spec, name, root), root)
     if any(score is None for score in scores.values()):
         return None
-    return (max if mode == "max" else min)(scores, key=scores.get)
+    return _best(spec, scores)
 
 
 def planned_runs(spec: dict, root: Path = REPO) -> tuple[list[dict], bool]:
     """The runs that can be started now, in protocol order, and whether more will follow once tuning ends."""
     runs = [make_run(spec, name, lr, spec["seeds"][0], root=root)
-            for name, contender in spec["contenders"].items() for lr in contender["lrs"]]
+            for name in spec["contenders"] for lr in tuning_lrs(spec, name, root)]
     waiting = False
     anytime = spec.get("anytime")
     order = ([anytime["against"]] if anytime else []) + list(spec["contenders"])
@@ -150,7 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not options.report_only:
         run_all(spec, options.python, root)
-    contenders_report.write(spec, root, chosen_lr, make_run, final_value)
+    contenders_report.write(spec, root, tuning_lrs, chosen_lr, make_run, final_value)
 
 
 if __name__ == "__main__":

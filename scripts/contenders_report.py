@@ -49,7 +49,9 @@ def plot_anytime(curve: list[float], budgets: list[tuple[int, float]], full: lis
     plt.close(fig)
 
 
-def write(spec: dict, root: Path, chosen_lr: Callable, make_run: Callable, final_value: Callable) -> Path:
+def write(spec: dict, root: Path, tuning_lrs: Callable, chosen_lr: Callable, make_run: Callable,
+          final_value: Callable) -> Path:
+    """The report; the protocol's functions come from scripts/contenders.py (which imports this module)."""
     metric, mode = spec["select"]["metric"], spec["select"]["mode"]
     seeds, target, name = spec["seeds"], spec.get("target"), spec["name"]
     out_dir = root / "docs" / "results" / name
@@ -61,16 +63,18 @@ def write(spec: dict, root: Path, chosen_lr: Callable, make_run: Callable, final
              f"{', '.join(seeds[1:])} at that lr.", "",
              f"Configs: {', '.join(f'`{c}`' for c in spec['configs'])}; extra arguments: "
              f"`{' '.join(map(str, spec['args']))}`.", "", "## Tuning (seed " + seeds[0] + f", final `{metric}`)", "",
-             "| contender | " + " | ".join(f"lr {i + 1}" for i in range(len(next(iter(spec['contenders'].values()))['lrs'])))
-             + " | chosen lr |", "| --- |" + " ---: |" * (len(next(iter(spec["contenders"].values()))["lrs"]) + 1)]
+             "An lr in *italics* was added beyond the grid because the grid's best was at its end (the same rule for "
+             "every contender).", "", "| contender | lr: final value, each tried | chosen lr |", "| --- | --- | ---: |"]
     chosen = {}
     for contender, settings in spec["contenders"].items():
+        grid = {float(lr) for lr in settings["lrs"]}
         cells = []
-        for lr in settings["lrs"]:
+        for lr in tuning_lrs(spec, contender, root):
             value = final_value(make_run(spec, contender, lr, seeds[0], root=root), metric)
-            cells.append(f"{lr:g}: " + ("–" if value is None else _scaled(value, metric)))
+            shown = f"{lr:g}" if lr in grid else f"*{lr:g}*"
+            cells.append(f"{shown}: " + ("–" if value is None else _scaled(value, metric)))
         chosen[contender] = chosen_lr(spec, contender, root)
-        lines.append(f"| {contender} | " + " | ".join(cells) + f" | {'–' if chosen[contender] is None else f'{chosen[contender]:g}'} |")
+        lines.append(f"| {contender} | " + ", ".join(cells) + f" | {'–' if chosen[contender] is None else f'{chosen[contender]:g}'} |")
     header = ["contender", "lr", *[f"{m} (mean ± std)" for m in spec["metrics"]]]
     if target is not None:
         header.append(f"steps to {metric} {'≥' if mode == 'max' else '≤'} {target:g} (per seed)")
