@@ -80,7 +80,7 @@ def write(spec: dict, root: Path, tuning_lrs: Callable, chosen_lr: Callable, mak
         header.append(f"steps to {metric} {'≥' if mode == 'max' else '≤'} {target:g} (per seed)")
     header.append("min per run")
     lines += ["", "## At equal budget", "", "| " + " | ".join(header) + " |", "|" + " --- |" * 2 + " ---: |" * (len(header) - 2)]
-    curves, all_runs = {}, []
+    curves, all_runs, seed_curves = {}, [], []
     for contender, lr in chosen.items():
         if lr is None:
             lines.append(f"| {contender} | tuning not finished |" + " |" * (len(header) - 2))
@@ -101,7 +101,8 @@ def write(spec: dict, root: Path, tuning_lrs: Callable, chosen_lr: Callable, mak
         cells.append(f"{statistics.median(minutes):.1f}" if minutes else "–")
         lines.append("| " + " | ".join(cells) + " |")
         if done:
-            curves[contender] = study_report.per_epoch(done[0], metric)
+            curves[contender] = study_report.per_epoch(done[0], metric)  # seed 0's, for the anytime figure
+            seed_curves += [{"labels": {"contender": contender}, "curve": study_report.per_epoch(r, metric)} for r in done]
     lines += ["", study_report.wall_time(all_runs), ""]
     anytime = spec.get("anytime")
     if anytime and chosen.get(anytime["contender"]) and chosen.get(anytime["against"]):
@@ -124,9 +125,8 @@ def write(spec: dict, root: Path, tuning_lrs: Callable, chosen_lr: Callable, mak
                       f"{_scaled(curve[epochs - 1], metric) if epochs <= len(curve) else '–'} |" for epochs, value in budgets]
             lines += ["", f"![anytime]({name}/anytime.png)", ""]
     if curves:
-        study_report.plot_curves([{"labels": {"contender": c}, "curve": v} for c, v in curves.items()], ["contender"],
-                                 metric, out_dir / "curves.png")
-        lines += [f"![{metric} per epoch at each contender's chosen lr, seed {seeds[0]}]({name}/curves.png)", ""]
+        study_report.plot_curves(seed_curves, ["contender"], metric, out_dir / "curves.png")
+        lines += [f"![{metric} per epoch at each contender's chosen lr, mean over seeds]({name}/curves.png)", ""]
     if spec.get("notes"):
         lines += ["## Reading", "", str(spec["notes"]).strip(), ""]
     path = root / "docs" / "results" / f"{name}.md"
