@@ -183,3 +183,11 @@ def test_schedule_free_through_fine_tuning_stages_keeps_frozen_statistics_and_en
     saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
     live = model.state_dict()
     assert TRAIN_POINT_KEY in saved and all(torch.equal(live[k], v) for k, v in saved["state_dict"].items())
+
+
+def test_schedule_free_lr_find_sweeps_in_training_mode_and_leaves_the_model_as_it_was(cifar_dir, tmp_path):
+    """lr_find swaps the callbacks and the scheduler out but keeps the module's hooks: the optimizer is put in
+    training mode before its first step (the package refuses a step otherwise)."""
+    found = cli.main(["lr_find", *cifar_args(cifar_dir, tmp_path, "--config", "configs/optim/schedule_free_adamw.yaml",
+                                             "--trainer.logger", "false", "--num_training", "12")])
+    assert len(found.lr_find_result["losses"]) == 12 and list(tmp_path.glob("**/lr_find/lr_find.png"))
