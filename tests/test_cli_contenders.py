@@ -191,3 +191,37 @@ def test_schedule_free_lr_find_sweeps_in_training_mode_and_leaves_the_model_as_i
     found = cli.main(["lr_find", *cifar_args(cifar_dir, tmp_path, "--config", "configs/optim/schedule_free_adamw.yaml",
                                              "--trainer.logger", "false", "--num_training", "12")])
     assert len(found.lr_find_result["losses"]) == 12 and list(tmp_path.glob("**/lr_find/lr_find.png"))
+
+
+@pytest.mark.slow
+def test_schedule_free_under_ddp_ends_both_ranks_at_the_same_averaged_point(cifar_dir, tmp_path):
+    """Each rank switches its own optimizer between y and x at the same hooks; the gradients are all-reduced, so
+    both end at the same x (BatchNorm statistics are recomputed on the same fixed batches: equal too)."""
+    import schedulefree
+
+    from datamodules import CIFAR10DataModule
+    from lightning_modules import ImageClassifier
+    from lightning_modules.nets import WideResNet
+
+    pl.seed_everything(0, verbose=False)
+    net = WideResNet(num_classes=10, num_groups=3, blocks_per_group=1, widen_factor=1)
+    model = ImageClassifier(net, optimizer=partial(schedulefree.AdamWScheduleFree, lr=3e-3),
+                            lr_scheduler=partial(WarmupStableDecayLR, decay_fraction=0.0), tta=0)
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp_fork", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[SaveAllWeightsPerRank(tmp_path)])
+    trainer.fit(model, CIFAR10DataModule(str(cifar_dir), batch_size=8))
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), f"ranks differ in {name}"
+
+
+class SaveAllWeightsPerRank(Callback):
+    """Each rank's whole net, BatchNorm statistics included, once `fit` has left it at x."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def on_fit_end(self, trainer, pl_module):
+        torch.save({k: v.detach().clone() for k, v in pl_module.net.state_dict().items()},
+                   self.folder / f"rank{trainer.global_rank}.pt")
