@@ -19,6 +19,8 @@ from typing import Any
 from jsonargparse import Namespace
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from optim.schedules import DEFAULT_DECAY_FRACTION
+
 
 OPTIMIZER_TAGS = {"adamwschedulefree": "schedule-free-adamw", "muonwithauxadamw": "muon"}
 DECOUPLED = ("adamw", "nadamw", "schedule-free-adamw", "muon")
@@ -42,7 +44,8 @@ def optimizer_tags(optimizer: Namespace | None, lr_scheduler: Namespace | None =
     if lr_scheduler is not None and hasattr(lr_scheduler, "class_path"):
         scheduler = lr_scheduler.class_path.rsplit(".", 1)[-1]
         schedule = SCHEDULE_TAGS.get(scheduler, scheduler.lower())
-        if schedule == "wsd" and not (lr_scheduler.get("init_args") or Namespace()).get("decay_fraction", 0.2):
+        decay = (lr_scheduler.get("init_args") or Namespace()).get("decay_fraction", DEFAULT_DECAY_FRACTION)
+        if schedule == "wsd" and not decay:
             schedule = "constant"
         tags.append(schedule)
     return tags

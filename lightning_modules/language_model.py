@@ -132,28 +132,25 @@ class LanguageModel(ScheduleFreeHooks, pl.LightningModule):
         loss = F.cross_entropy(self.net.decoder(out.output).flatten(0, 1), targets.flatten())
         ar = self.alpha * out.output.pow(2).mean()
         tar = self.beta * (out.raw_output[:, 1:] - out.raw_output[:, :-1]).pow(2).mean()
-        self._scale_lr(inputs.shape[1])
+        self._set_lr(inputs.shape[1])
         self.log("train/loss", loss, prog_bar=True)
         return loss + ar + tar
 
-    def _scale_lr(self, seq_len: int) -> None:
-        """This batch's lr = the scheduled lr × seq_len / bptt (AWD-LSTM); `optimizer_step` puts it back."""
+    def _set_lr(self, seq_len: int | None = None) -> None:
+        """Each group's lr = its scheduled lr × seq_len / bptt for a batch of `seq_len` (AWD-LSTM), or the scheduled
+        lr itself (None, after the step)."""
         scheduler = self.lr_schedulers()
         if scheduler is None:
             return
-        optimizer = scheduler.optimizer
-        for group, scheduled in zip(optimizer.param_groups, scheduler.get_last_lr()):
-            group["lr"] = scheduled * seq_len / self.bptt
+        for group, scheduled in zip(scheduler.optimizer.param_groups, scheduler.get_last_lr()):
+            group["lr"] = scheduled if seq_len is None else scheduled * seq_len / self.bptt
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """The step at the batch's scaled lr, then the scheduled lr back in the groups before the scheduler steps:
         torch's chainable schedulers (LinearLR, CosineAnnealingLR) compute the next lr from the group's current one,
         so a scaled lr left there would carry into every later step."""
         super().optimizer_step(*args, **kwargs)
-        scheduler = self.lr_schedulers()
-        if scheduler is not None:
-            for group, scheduled in zip(scheduler.optimizer.param_groups, scheduler.get_last_lr()):
-                group["lr"] = scheduled
+        self._set_lr()
 
     # --- evaluation -----------------------------------------------------------------------------------------
 

@@ -68,16 +68,16 @@ class ScheduleFreePoints:
             for group in optimizer.param_groups:
                 group["train_mode"] = False
 
-    def to_eval(self, batchnorms: list[nn.Module] | None = None) -> None:
-        """Move the net to x (no-op when already there), recomputing the statistics of `batchnorms` (default: the
-        BatchNorm layers in training mode now)."""
+    def to_eval(self) -> None:
+        """Move the net to x (no-op when already there), recomputing the statistics of the BatchNorm layers in
+        training mode now (those that train; frozen ones keep theirs)."""
         optimizer = self.optimizer()
         if optimizer is None:
             return
         self._adopt_restored(optimizer)
         if not optimizer.param_groups[0]["train_mode"]:
             return
-        batchnorms = _training_batchnorms(self.module.net) if batchnorms is None else batchnorms
+        batchnorms = _training_batchnorms(self.module.net)
         self.train_point = {k: v.detach().clone() for k, v in self.module.net.state_dict().items()}
         optimizer.eval()
         self._recompute_batchnorm(batchnorms)
@@ -102,15 +102,11 @@ class ScheduleFreePoints:
         if optimizer is None:
             return
         self._adopt_restored(optimizer)
-        if optimizer.param_groups[0]["train_mode"]:
-            modes = {m: m.training for m in self.module.modules()}
-            batchnorms = _training_batchnorms(self.module.net)
-            self.to_eval(batchnorms)
+        if optimizer.param_groups[0]["train_mode"]:  # modules keep their modes: only the recomputation sets them
+            self.to_eval()
             checkpoint["state_dict"] = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
             checkpoint[TRAIN_POINT_KEY] = self.train_point
             self.to_train()
-            for m, training in modes.items():
-                m.training = training
         elif self.train_point is not None:
             checkpoint[TRAIN_POINT_KEY] = self.train_point
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from optim.schedules import DEFAULT_DECAY_FRACTION
+
 
 def _number(value: Any) -> float | None:
     try:
@@ -96,7 +98,7 @@ def combination_problem(optimizer: Mapping[str, Any] | None, lr_scheduler: Mappi
     under a schedule that decays the lr, which is what schedule-free replaces."""
     optimizer_name = str((optimizer or {}).get("class_path", "")).rsplit(".", 1)[-1]
     scheduler_name = str((lr_scheduler or {}).get("class_path", "")).rsplit(".", 1)[-1]
-    decay = ((lr_scheduler or {}).get("init_args") or {}).get("decay_fraction", 0.2)
+    decay = ((lr_scheduler or {}).get("init_args") or {}).get("decay_fraction", DEFAULT_DECAY_FRACTION)
     decays = scheduler_name in DECAYING_SCHEDULES or (scheduler_name == "WarmupStableDecayLR" and (_number(decay) or 0) > 0)
     if "ScheduleFree" in optimizer_name and decays:
         return (f"{field}.lr_scheduler is {scheduler_name}, which decays the lr, but {optimizer_name} is schedule-free "

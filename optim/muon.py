@@ -31,10 +31,6 @@ import torch
 from muon import SingleDeviceMuonWithAuxAdam, adam_update, muon_update
 from torch import nn
 
-_MUON_KEYS = ("lr", "momentum", "weight_decay")
-_ADAMW_KEYS = ("lr", "betas", "eps", "weight_decay")
-
-
 def hidden_matrix_names(net: nn.Module) -> list[str]:
     """Names of the parameters Muon should take: ≥ 2-D, not in an embedding, not the output layer's.
 
@@ -52,7 +48,8 @@ def hidden_matrix_names(net: nn.Module) -> list[str]:
 
 def split_hidden_matrices(groups: Sequence[dict], net: nn.Module) -> list[dict]:
     """Each param group split in two, `use_muon` True (hidden matrices of `net`) and False, other keys kept."""
-    hidden = {id(p) for name, p in net.named_parameters() if name in set(hidden_matrix_names(net))}
+    names = set(hidden_matrix_names(net))
+    hidden = {id(p) for name, p in net.named_parameters() if name in names}
     result = []
     for group in groups:
         params = list(group["params"])

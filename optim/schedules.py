@@ -12,6 +12,9 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ConstantLR, CosineAnnealingLR, LinearLR, SequentialLR
 
 
+DEFAULT_DECAY_FRACTION = 0.2  # WSD's cool-down share; the config checks and W&B tags read it for a config without one
+
+
 def _steps(total_steps: int | None, fraction: float, name: str, scheduler: str) -> int:
     if total_steps is None or total_steps <= 0:
         raise ValueError(f"{scheduler} needs total_steps > 0 (got {total_steps}); the model passes "
@@ -52,7 +55,7 @@ class WarmupStableDecayLR(SequentialLR):
     """
 
     def __init__(self, optimizer: Optimizer, total_steps: int | None = None, warmup_fraction: float = 0.05,
-                 decay_fraction: float = 0.2, warmup_start_factor: float = 0.01, last_epoch: int = -1):
+                 decay_fraction: float = DEFAULT_DECAY_FRACTION, warmup_start_factor: float = 0.01, last_epoch: int = -1):
         warmup = max(1, _steps(total_steps, warmup_fraction, "warmup_fraction", "WarmupStableDecayLR"))
         decay = _steps(total_steps, decay_fraction, "decay_fraction", "WarmupStableDecayLR")
         if warmup + decay > total_steps:

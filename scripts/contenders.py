@@ -82,20 +82,28 @@ def final_value(run: dict, metric: str) -> float | None:
     return None if value is None or math.isnan(value) else value
 
 
-def tuning_lrs(spec: dict, name: str, root: Path = REPO) -> list[float]:
-    """The lrs `name` is tuned over: its grid, plus one step beyond the grid's end (the grid's own ratio) when the
-    grid's best lr is at that end — the same rule for every contender, applied once, so a best value at the edge
-    of a range chosen before any run is not mistaken for the best lr."""
+def tuning(spec: dict, name: str, root: Path = REPO) -> dict[float, float | None]:
+    """The lrs `name` is tuned over, in order, each with its run's final validation metric (None until it has
+    finished): its grid, plus one step beyond the grid's end (the grid's own ratio) when the grid's best lr is at
+    that end — the same rule for every contender, applied once, so a best value at the edge of a range chosen
+    before any run is not mistaken for the best lr."""
     lrs = sorted(float(lr) for lr in spec["contenders"][name]["lrs"])
     scores = _scores(spec, name, lrs, root)
     if len(lrs) < 2 or any(score is None for score in scores.values()):
-        return lrs
+        return scores
     best = _best(spec, scores)
     if best == lrs[0]:
-        return [float(f"{lrs[0] ** 2 / lrs[1]:.3g}"), *lrs]
+        added = float(f"{lrs[0] ** 2 / lrs[1]:.3g}")
+        return {**_scores(spec, name, [added], root), **scores}
     if best == lrs[-1]:
-        return [*lrs, float(f"{lrs[-1] ** 2 / lrs[-2]:.3g}")]
-    return lrs
+        added = float(f"{lrs[-1] ** 2 / lrs[-2]:.3g}")
+        return {**scores, **_scores(spec, name, [added], root)}
+    return scores
+
+
+def tuning_lrs(spec: dict, name: str, root: Path = REPO) -> list[float]:
+    """The lrs of `tuning`, in order."""
+    return list(tuning(spec, name, root))
 
 
 def _scores(spec: dict, name: str, lrs: list[float], root: Path) -> dict[float, float | None]:
@@ -107,24 +115,25 @@ def _best(spec: dict, scores: dict[float, float | None]) -> float:
     return (max if spec["select"]["mode"] == "max" else min)(scores, key=scores.get)
 
 
+def _chosen(spec: dict, scores: dict[float, float | None]) -> float | None:
+    return None if any(score is None for score in scores.values()) else _best(spec, scores)
+
+
 def chosen_lr(spec: dict, name: str, root: Path = REPO) -> float | None:
-    """The lr the protocol picks for `name` (best final validation metric at the tuning seed, over `tuning_lrs`),
-    or None until every tuning run has finished."""
-    scores = _scores(spec, name, tuning_lrs(spec, name, root), root)
-    if any(score is None for score in scores.values()):
-        return None
-    return _best(spec, scores)
+    """The lr the protocol picks for `name` (best final validation metric at the tuning seed, over `tuning`), or
+    None until every tuning run has finished."""
+    return _chosen(spec, tuning(spec, name, root))
 
 
 def planned_runs(spec: dict, root: Path = REPO) -> tuple[list[dict], bool]:
     """The runs that can be started now, in protocol order, and whether more will follow once tuning ends."""
-    runs = [make_run(spec, name, lr, spec["seeds"][0], root=root)
-            for name in spec["contenders"] for lr in tuning_lrs(spec, name, root)]
+    tuned = {name: tuning(spec, name, root) for name in spec["contenders"]}  # each run's metrics read once
+    runs = [make_run(spec, name, lr, spec["seeds"][0], root=root) for name, scores in tuned.items() for lr in scores]
     waiting = False
     anytime = spec.get("anytime")
     order = ([anytime["against"]] if anytime else []) + list(spec["contenders"])
     for name in dict.fromkeys(order):
-        lr = chosen_lr(spec, name, root)
+        lr = _chosen(spec, tuned[name])
         if lr is None:
             waiting = True
             continue
@@ -148,8 +157,6 @@ def run_all(spec: dict, python: str, root: Path = REPO) -> None:
         if not pending and not waiting:
             return
         if not started:
-            if not waiting and all(is_done(run) for run in runs):
-                return
             time.sleep(15)  # another process holds what is left, or tuning runs it is finishing
 
 
@@ -174,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not options.report_only:
         run_all(spec, options.python, root)
-    contenders_report.write(spec, root, tuning_lrs, chosen_lr, make_run, final_value)
+    contenders_report.write(spec, root, tuning, chosen_lr, make_run, final_value)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def plot_anytime(curve: list[float], budgets: list[tuple[int, float]], full: lis
     plt.close(fig)
 
 
-def write(spec: dict, root: Path, tuning_lrs: Callable, chosen_lr: Callable, make_run: Callable,
+def write(spec: dict, root: Path, tuning: Callable, chosen_lr: Callable, make_run: Callable,
           final_value: Callable) -> Path:
     """The report; the protocol's functions come from scripts/contenders.py (which imports this module)."""
     metric, mode = spec["select"]["metric"], spec["select"]["mode"]
@@ -69,8 +69,7 @@ def write(spec: dict, root: Path, tuning_lrs: Callable, chosen_lr: Callable, mak
     for contender, settings in spec["contenders"].items():
         grid = {float(lr) for lr in settings["lrs"]}
         cells = []
-        for lr in tuning_lrs(spec, contender, root):
-            value = final_value(make_run(spec, contender, lr, seeds[0], root=root), metric)
+        for lr, value in tuning(spec, contender, root).items():
             shown = f"{lr:g}" if lr in grid else f"*{lr:g}*"
             cells.append(f"{shown}: " + ("–" if value is None else _scaled(value, metric)))
         chosen[contender] = chosen_lr(spec, contender, root)
