@@ -36,7 +36,7 @@ import torch
 
 from benchmarks.cifar_pipeline import machine
 from benchmarks.device_ceiling import copy_bandwidth
-from lightning_modules.nets.qrnn import fo_pool, fo_pool_loop
+from lightning_modules.nets.fo_pool import fo_pool, fo_pool_loop
 
 TARGET_RATIO = 10.0
 TARGET_BANDWIDTH_FRACTION = 0.5  # "within 2x of the copy bandwidth", forward + backward

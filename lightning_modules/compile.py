@@ -10,7 +10,8 @@ What ends up compiled, per net (measured with torch 2.14; see `tests/lightning_m
 - WideResNet, ResNetWithHead: the whole forward, one graph per mode (train/eval) and input shape; inductor
   fuses BatchNorm, ReLU and the residual arithmetic around the convolutions.
 - QRNNLanguageNet: the Linear and the gates of every layer. `fo_pool` is kept out of the graph (it is
-  decorated with `torch.compiler.disable` in `nets/qrnn.py`, which says why). The graph break sits inside the loop over layers, so dynamo runs the net's own
+  decorated with `torch.compiler.disable` in `nets/fo_pool.py`, which says why, for all three methods). The
+  graph break sits inside the loop over layers, so dynamo runs the net's own
   forward eagerly and compiles each layer's forward (and the dropout helpers) as graphs of their own.
 - AWDLSTM: dynamo does not trace `nn.LSTM` ("Dynamo does not support RNN, GRU, or LSTM"): the LSTMs run
   eagerly and only the dropout helpers are compiled, so expect no speed-up, only the same results.
