@@ -4,7 +4,9 @@ Why: the QRNN's reason to exist is speed — its matrix products run over all ti
 elementwise recurrence is sequential, where an LSTM multiplies by its hidden-to-hidden matrix once per step.
 Issue 7 asks for a QRNN step in at most 0.7× the AWD-LSTM's.
 
-Sides: `AWDLSTM` and `QRNNLanguageNet` (`lightning_modules/nets/`) built with the same sizes — embedding 400,
+Sides: `AWDLSTM` and `QRNNLanguageNet` (`lightning_modules/nets/`), the QRNN once per fo-pool method it can run
+here (`qrnn_sequential`, `qrnn_chunked`, `qrnn_triton`: `pool_method`; the triton side needs CUDA, or Triton's
+interpreter, as in `qrnn_recurrence.py`), all built with the same sizes — embedding 400,
 3 layers of hidden 1150 (the last one 400 wide, for the tied decoder), the WikiText-2 vocabulary of 33,278,
 QRNN windows 2/1/1 — and everything else from their seed configs (`configs/wikitext2_lstm.yaml`,
 `configs/wikitext2_qrnn.yaml`): dropouts, weight drop (0.5 on the LSTM's hidden-to-hidden matrices, 0.1 on
@@ -16,8 +18,10 @@ carried, detached state; tied decoder; cross-entropy; AR and TAR), zero_grad, ba
 The step is split by timestamps taken inside it (a forward hook on the net, a gradient hook on its output):
 net forward, head forward (decoder, softmax, AR/TAR), head backward, net backward, update (clip + Adam).
 
-Fairness: same tokens, batch, float32 and device for both; one untimed warm-up step each; repetitions
-alternate which side runs first; medians are reported and the ratio is paired per repetition.
+Fairness: same tokens, batch, float32 and device for all; one untimed warm-up step each, from the same random
+state (so the QRNN sides' first losses agree: the methods compute the same thing); repetitions rotate which side
+runs first; medians are reported and the ratio — the QRNN with the method `auto` picks here, against the LSTM —
+is paired per repetition.
 """
 from __future__ import annotations
 
@@ -35,12 +39,15 @@ import torch
 import yaml
 
 from benchmarks.cifar_pipeline import machine
+from benchmarks.qrnn_recurrence import POOL_METHODS, unavailable
 from lightning_modules.language_model import LanguageModel
+from lightning_modules.nets.fo_pool import choose_method
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_RATIO = 0.7
 CONFIGS = {"awd_lstm": REPO / "configs/wikitext2_lstm.yaml", "qrnn": REPO / "configs/wikitext2_qrnn.yaml"}
-SIDES = tuple(CONFIGS)
+SIDES = ("awd_lstm", *(f"qrnn_{method}" for method in POOL_METHODS))
+NAMES = {"awd_lstm": "AWD-LSTM", **{f"qrnn_{method}": f"QRNN ({method})" for method in POOL_METHODS}}
 PHASES = ("net_forward", "head_forward", "head_backward", "net_backward", "update")
 
 
@@ -60,17 +67,23 @@ def _load(class_path: str):
     return getattr(importlib.import_module(module), name)
 
 
+def kind(side: str) -> str:
+    """The net a side trains: "awd_lstm" or "qrnn" (whatever its fo-pool method)."""
+    return side.split("_")[0] if side.startswith("qrnn") else side
+
+
 def build(side: str, vocab: int, embedding: int, hidden: int | None, layers: int | None) -> dict:
     """The side's module, Adam and clip value from its seed config, with the sizes replaced by the given ones
-    (hidden/layers None: the config's own, e.g. the QRNN's 4 layers of 1550)."""
-    config = yaml.safe_load(CONFIGS[side].read_text())
+    (hidden/layers None: the config's own, e.g. the QRNN's 4 layers of 1550) and a QRNN side's fo-pool method."""
+    config = yaml.safe_load(CONFIGS[kind(side)].read_text())
     model_args = config["model"]["init_args"]
     net_config, optimizer_config = model_args["net"], model_args["optimizer"]
     sizes = dict(vocab_size=vocab, embedding_size=embedding,
                  hidden_size=hidden or net_config["init_args"]["hidden_size"],
                  num_layers=layers or net_config["init_args"]["num_layers"])
     torch.manual_seed(0)
-    net = _load(net_config["class_path"])(**{**net_config["init_args"], **sizes})
+    method = {"pool_method": side.split("_", 1)[1]} if kind(side) == "qrnn" else {}
+    net = _load(net_config["class_path"])(**{**net_config["init_args"], **sizes, **method})
     module = BareLanguageModel(net, alpha=model_args["alpha"], beta=model_args["beta"], cache=False)
     optimizer_args = {k: tuple(v) if isinstance(v, list) else v for k, v in optimizer_config["init_args"].items()}
     optimizer = _load(optimizer_config["class_path"])(module.net.parameters(), **optimizer_args)
@@ -150,17 +163,23 @@ def _measure(batch: int, seq_len: int, vocab: int, embedding: int, hidden: int |
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, vocab, (batch, seq_len + 1), generator=generator).to(device)
     data = (tokens[:, :-1], tokens[:, 1:])  # next-token targets, as the datamodule makes them
-    sides = {name: build(name, vocab, embedding, hidden, layers) for name in SIDES}
+    not_run = {f"qrnn_{method}": why for method, why in unavailable(device).items()}
+    names = tuple(name for name in SIDES if name not in not_run)
+    qrnn = f"qrnn_{choose_method('auto', device)}"  # the claimed side: what a run here takes
+    sides = {name: build(name, vocab, embedding, hidden, layers) for name in names}
     start_weights = {}
     for name, side in sides.items():
         side["module"].to(device)
         start_weights[name] = [p.detach().clone() for p in side["module"].net.parameters()]
 
-    losses = {name: [_step(side, data, device, bf16)[0]] for name, side in sides.items()}  # warm-up
-    seconds = {name: [] for name in SIDES}
-    phases = {name: {phase: [] for phase in PHASES} for name in SIDES}
+    losses = {}
+    for name, side in sides.items():  # warm-up, each from the same random state (dropout masks)
+        torch.manual_seed(1)
+        losses[name] = [_step(side, data, device, bf16)[0]]
+    seconds = {name: [] for name in names}
+    phases = {name: {phase: [] for phase in PHASES} for name in names}
     for rep in range(repeats):
-        for name in SIDES[rep % 2:] + SIDES[:rep % 2]:
+        for name in names[rep % len(names):] + names[:rep % len(names)]:
             loss, split = _step(sides[name], data, device, bf16)
             losses[name].append(loss)
             seconds[name].append(sum(split.values()))
@@ -170,18 +189,18 @@ def _measure(batch: int, seq_len: int, vocab: int, embedding: int, hidden: int |
     updated = {name: sum(not torch.equal(before, after)
                          for before, after in zip(start_weights[name], side["module"].net.parameters()))
                for name, side in sides.items()}
-    ratios = [q / lstm for q, lstm in zip(seconds["qrnn"], seconds["awd_lstm"])]
+    ratios = [q / lstm for q, lstm in zip(seconds[qrnn], seconds["awd_lstm"])]
     ratio = statistics.median(ratios)
     own = {name: (side["sizes"]["hidden_size"], side["sizes"]["num_layers"]) for name, side in sides.items()}
-    macs = {name: matmul_macs(vocab, embedding, *own[name])[name] for name in SIDES}
+    macs = {name: matmul_macs(vocab, embedding, *own[name])[kind(name)] for name in names}
     macs["decoder"] = embedding * vocab
     return {
         "batch": batch, "seq_len": seq_len, "vocab": vocab, "embedding": embedding, "hidden": hidden,
         "layers": layers, "sizes": own, "repeats": repeats, "dtype": "bf16-mixed" if bf16 else "float32",
-        "machine": machine(device),
+        "machine": machine(device), "sides": names, "not_run": not_run, "qrnn_side": qrnn,
         "clip": {name: side["clip"] for name, side in sides.items()},
         "params": {name: sum(p.numel() for p in side["module"].net.parameters()) for name, side in sides.items()},
-        "param_tensors": {name: len(start_weights[name]) for name in SIDES},
+        "param_tensors": {name: len(start_weights[name]) for name in names},
         "params_updated": updated,  # parameter tensors that the steps changed
         "losses": losses,  # the training objective (cross-entropy + AR + TAR) of every step, warm-up first
         "seconds": seconds, "ms": {name: 1e3 * statistics.median(s) for name, s in seconds.items()},
@@ -196,8 +215,7 @@ def markdown(result: dict) -> str:
     """The docs/BENCHMARKS.md section for one `run` result."""
     m = result["machine"]
     where = f"{m['device']} ({m['gpu']})" if m["gpu"] else m["device"]
-    names = {"awd_lstm": "AWD-LSTM", "qrnn": "QRNN"}
-    macs = result["matmul_macs"]
+    macs, qrnn = result["matmul_macs"], result["qrnn_side"]
     lines = [
         "## QRNN vs AWD-LSTM language-model training step",
         "",
@@ -205,10 +223,11 @@ def markdown(result: dict) -> str:
         f"{result['vocab']:,}, both nets with embedding {result['embedding']} and {result['layers']} layers of "
         f"hidden {result['hidden']} (QRNN windows 2/1/1), tied decoder, {result['dtype']}; everything else from the "
         "seed configs (`configs/wikitext2_lstm.yaml`, `configs/wikitext2_qrnn.yaml`): dropouts, weight drop, "
-        f"AR/TAR, Adam, gradient clipping at {result['clip']['qrnn']}. A step is `LanguageModel.training_step` "
+        f"AR/TAR, Adam, gradient clipping at {result['clip'][qrnn]}. The QRNN runs once per fo-pool method this "
+        "device runs (`pool_method`; same weights and first batch, so their first losses agree). A step is `LanguageModel.training_step` "
         "(forward from the carried state, decoder, cross-entropy, AR/TAR) + backward + clip + `Adam.step`, "
-        "without Lightning's loop around it. Both sides get the same tokens; one untimed warm-up step each; "
-        f"{result['repeats']} repetitions alternating which side goes first; medians; ratio paired per repetition. "
+        "without Lightning's loop around it. All sides get the same tokens; one untimed warm-up step each; "
+        f"{result['repeats']} repetitions rotating which side goes first; medians; ratio paired per repetition. "
         "The default batch of 20 keeps the run to 1–2 minutes on 2 cores (the seed trains with 100).",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, device {where}, torch {m['torch']}, Python {m['python']}, "
@@ -218,18 +237,19 @@ def markdown(result: dict) -> str:
         "| decoder + softmax + AR/TAR fwd+bwd | clip + Adam |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name in SIDES:
+    for name in result["sides"]:
         ms, p = [1e3 * s for s in result["seconds"][name]], result["phase_ms"][name]
         net, head, update = (p["net_forward"] + p["net_backward"], p["head_forward"] + p["head_backward"],
                              p["update"])
         total = net + head + update
         lines.append(
-            f"| {names[name]} | {result['params'][name] / 1e6:.1f} M | {(macs[name] + macs['decoder']) / 1e6:.1f} M "
-            f"| {result['ms'][name]:.0f} | {min(ms):.0f} | {max(ms):.0f} | {net:.0f} ms ({net / total:.0%}) "
-            f"| {head:.0f} ms ({head / total:.0%}) | {update:.0f} ms ({update / total:.0%}) |")
+            f"| {NAMES[name]} | {result['params'][name] / 1e6:.1f} M | {(macs[name] + macs['decoder']) / 1e6:.1f} M "
+            f"| {result['ms'][name]:.1f} | {min(ms):.1f} | {max(ms):.1f} | {net:.1f} ms ({net / total:.0%}) "
+            f"| {head:.1f} ms ({head / total:.0%}) | {update:.1f} ms ({update / total:.0%}) |")
+    lines += [f"| {NAMES[name]} | not run: {why} | | | | | | | |" for name, why in result["not_run"].items()]
     verdict = "PASS" if result["passed"] else "FAIL"
-    flops_ratio = (macs["qrnn"] + macs["decoder"]) / (macs["awd_lstm"] + macs["decoder"])
-    q = result["phase_ms"]["qrnn"]
+    flops_ratio = (macs[qrnn] + macs["decoder"]) / (macs["awd_lstm"] + macs["decoder"])
+    q = result["phase_ms"][qrnn]
     floor = (q["head_forward"] + q["head_backward"] + q["update"]) / result["ms"]["awd_lstm"]
     lines += [
         "",
@@ -239,7 +259,7 @@ def markdown(result: dict) -> str:
         f"{result['vocab']:,}-word "
         "softmax and the same update of its matrix.",
         "",
-        f"Median QRNN / AWD-LSTM step time: **{result['ratio']:.2f}×** (range {min(result['ratios']):.2f}–"
+        f"Median {NAMES[qrnn]} / AWD-LSTM step time (the method `auto` takes here): **{result['ratio']:.2f}×** (range {min(result['ratios']):.2f}–"
         f"{max(result['ratios']):.2f}×); target ≤ {result['target']}×: **{verdict}**. For reference, the ratio of "
         f"matmul work per token (layers + decoder) is {flops_ratio:.2f}; with recurrent layers that cost "
         f"nothing, the QRNN step would still be {floor:.2f}× the AWD-LSTM's (its own decoder, softmax and update).",

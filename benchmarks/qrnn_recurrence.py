@@ -1,12 +1,15 @@
 """Forward+backward time of QRNN fo-pooling: `fo_pool` against the plain per-step autograd loop `fo_pool_loop`.
 
-Why: the QRNN's only sequential part is fo-pooling, c_t = f_t z_t + (1 - f_t) c_{t-1}, and without Salesforce's
-cupy kernel it runs once per layer per batch in each direction. `lightning_modules/nets/qrnn.py` runs it as one
-autograd Function whose backward is one more recurrence; this measures what that gains over the loop.
+Why: the QRNN's only sequential part is fo-pooling, c_t = f_t z_t + (1 - f_t) c_{t-1}, run once per layer per
+batch in each direction. `lightning_modules/nets/fo_pool.py` runs it as one autograd Function whose backward is
+one more recurrence, in one of three ways; this measures what each gains over the loop, on this device.
 
-Sides, all in `lightning_modules/nets/qrnn.py`:
-- `fo_pool` with each method, "sequential" and "chunked"; the ratio is claimed for the one `method="auto"` picks
-  on the device (sequential on CPU, chunked on a GPU), the other is shown to check that choice.
+Sides, all in `lightning_modules/nets/fo_pool.py`:
+- `fo_pool` with each method: "sequential" and "chunked" (pure PyTorch) and "triton" (one fused kernel per
+  direction, `fo_pool_triton.py`; run on CUDA, or on a CPU only through Triton's interpreter when
+  TRITON_INTERPRET=1 — a check that it runs, not a speed; otherwise listed as not run, with why). The ratio is
+  claimed for the one `method="auto"` picks on the device (sequential on CPU, triton on a GPU where it runs,
+  else chunked); the others are shown to check that choice.
 - baseline: `fo_pool_loop`, the loop as one would write it (time split once with `unbind`, so its backward does
   not build a full-size zero gradient per step; Salesforce's CPU fallback also splits once).
 
@@ -36,12 +39,14 @@ import torch
 
 from benchmarks.cifar_pipeline import machine
 from benchmarks.device_ceiling import copy_bandwidth
-from lightning_modules.nets.fo_pool import fo_pool, fo_pool_loop
+from lightning_modules.nets.fo_pool import (METHODS, choose_method, fo_pool, fo_pool_loop, interpreting,
+                                            triton_problem)
 
 TARGET_RATIO = 10.0
 TARGET_BANDWIDTH_FRACTION = 0.5  # "within 2x of the copy bandwidth", forward + backward
 ESSENTIAL_TENSORS = 9  # forward: read f, z, write c; backward: read dc, f, z, c, write df, dz
-SIDES = ("sequential", "chunked", "loop", "indexed_loop")
+POOL_METHODS = tuple(m for m in METHODS if m != "auto")  # sequential, chunked, triton
+SIDES = (*POOL_METHODS, "loop", "indexed_loop")
 
 
 def synthetic_gates(batch: int, seq_len: int, hidden: int, device: torch.device,
@@ -70,6 +75,16 @@ def essential_bytes(batch: int, seq_len: int, hidden: int, element_size: int = 4
     return ESSENTIAL_TENSORS * batch * seq_len * hidden * element_size
 
 
+def unavailable(device: torch.device) -> dict[str, str]:
+    """Sides that cannot run on `device`, with why: "triton" without CUDA (unless interpreted) or where its probe
+    failed."""
+    if device.type == "cpu" and not interpreting():
+        return {"triton": "needs a CUDA device (TRITON_INTERPRET=1 runs it through Triton's interpreter: a check "
+                          "that it runs, not a speed)"}
+    problem = triton_problem(device)
+    return {"triton": problem} if problem else {}
+
+
 def _side(name: str):
     if name == "loop":
         return fo_pool_loop
@@ -94,32 +109,35 @@ def _forward_backward(fn, leaves: list[torch.Tensor], grad: torch.Tensor, device
 def run(batch: int = 20, seq_len: int = 70, hidden: int = 1550, repeats: int = 20) -> dict:
     """Warm up every side and compare its results with the loop's, then time `repeats` rotating rounds."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    auto = "sequential" if device.type == "cpu" else "chunked"  # what fo_pool(method="auto") picks here
+    auto = choose_method("auto", device)
+    skipped = unavailable(device)
+    sides = tuple(name for name in SIDES if name not in skipped)
     forget, candidate, c0, grad = synthetic_gates(batch, seq_len, hidden, device)
-    leaves = {name: [t.clone().requires_grad_() for t in (forget, candidate, c0)] for name in SIDES}
+    leaves = {name: [t.clone().requires_grad_() for t in (forget, candidate, c0)] for name in sides}
 
     results = {}
-    for name in SIDES:  # warm-up (allocator, kernels), keeping what each side computed
+    for name in sides:  # warm-up (allocator, kernels), keeping what each side computed
         out = _side(name)(*leaves[name])
         out.backward(grad)
         results[name] = [out.detach()] + [leaf.grad for leaf in leaves[name]]
     max_abs_diff = {name: max((a - b).abs().max().item() for a, b in zip(results[name], results["loop"]))
-                    for name in SIDES}
+                    for name in sides}
 
-    seconds = {name: [] for name in SIDES}
+    seconds = {name: [] for name in sides}
     for rep in range(repeats):
-        order = SIDES[rep % len(SIDES):] + SIDES[:rep % len(SIDES)]
+        order = sides[rep % len(sides):] + sides[:rep % len(sides)]
         for name in order:
             seconds[name].append(_forward_backward(_side(name), leaves[name], grad, device))
 
-    speedups = {name: [loop / s for loop, s in zip(seconds["loop"], seconds[name])] for name in SIDES}
+    speedups = {name: [loop / s for loop, s in zip(seconds["loop"], seconds[name])] for name in sides}
     ratio = statistics.median(speedups[auto])
     moved = essential_bytes(batch, seq_len, hidden)
     copy = copy_bandwidth(device)
     bytes_per_s = {name: moved / statistics.median(secs) for name, secs in seconds.items()}
     return {
         "batch": batch, "seq_len": seq_len, "hidden": hidden, "repeats": repeats, "dtype": "float32",
-        "machine": machine(device), "auto_method": auto,
+        "machine": machine(device), "auto_method": auto, "sides": sides, "not_run": skipped,
+        "interpreted": device.type == "cpu" and "triton" in sides,  # the triton side's time is the interpreter's
         "seconds": seconds,
         "ms": {name: 1e3 * statistics.median(secs) for name, secs in seconds.items()},
         "speedups": speedups, "speedup": {name: statistics.median(s) for name, s in speedups.items()},
@@ -143,9 +161,10 @@ def markdown(result: dict) -> str:
         f"[{result['batch']}, {result['seq_len']}, {result['hidden']}] ({result['dtype']}), forward + backward "
         "(gradients for the forget gates, candidates and initial state):",
         "",
-        "- **sequential**, **chunked**: `fo_pool(method=...)` (`lightning_modules/nets/qrnn.py`), one autograd "
-        "Function whose backward is one more recurrence; one fused op per step, or chunks of ~sqrt(T) steps "
-        f"side by side. `method=\"auto\"` picks **{result['auto_method']}** here.",
+        "- **sequential**, **chunked**, **triton**: `fo_pool(method=...)` (`lightning_modules/nets/fo_pool.py`), "
+        "one autograd Function whose backward is one more recurrence; one fused PyTorch op per step, chunks of "
+        "~sqrt(T) steps side by side, or one Triton kernel per direction with the loop over time inside. "
+        f"`method=\"auto\"` picks **{result['auto_method']}** here.",
         "- **loop**: `fo_pool_loop`, a per-step Python loop under autograd (time split once with `unbind`): the "
         "claimed baseline.",
         "- **indexed_loop**: the same loop indexing `f[:, t]` per step, as it is often written (context only).",
@@ -161,11 +180,15 @@ def markdown(result: dict) -> str:
         "| of copy bandwidth | max abs diff vs loop |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for name in SIDES:
+    for name in result["sides"]:
         ms = [1e3 * s for s in result["seconds"][name]]
         lines.append(f"| {name} | {result['ms'][name]:.2f} | {min(ms):.2f} | {max(ms):.2f} "
                      f"| {result['speedup'][name]:.2f}× | {result['bytes_per_s'][name] / 1e9:.1f} "
                      f"| {result['bandwidth_fraction'][name]:.0%} | {result['max_abs_diff'][name]:.1e} |")
+    lines += [f"| {name} | not run: {why} | | | | | | |" for name, why in result["not_run"].items()]
+    if result["interpreted"]:
+        lines += ["", "The triton side ran through Triton's interpreter (TRITON_INTERPRET=1, NumPy on the CPU): its "
+                  "values are the kernels', its time is not."]
     verdict = "PASS" if result["passed"] else "FAIL"
     speedups = result["speedups"][result["auto_method"]]
     lines += [
@@ -183,8 +206,8 @@ def markdown(result: dict) -> str:
             "and the `unbind` loop, whose per-step ops touch the same bytes plus autograd's bookkeeping, is already "
             "within about 2× of that; a ≥ 10× gain over it would need less data movement than reading the inputs once. "
             "A log-depth scan was measured and is slower here (more passes, denormal products). The launch-bound "
-            "case the target was written for is the GPU, where `chunked` replaces ~70 small kernels per direction "
-            "by ~20: not measured yet (no GPU was lent to this machine).",
+            "case the target was written for is the GPU, where `triton` runs each direction as one kernel instead of "
+            "~70 small ones (`chunked`: ~20): measured by `make gpu-check` (docs/results/gpu_bench.md), not here.",
             "",
         ]
     return "\n".join(lines)

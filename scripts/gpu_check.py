@@ -7,7 +7,8 @@ to `--out` (results.json, gpu_bench.md) the moment it exists, so a run killed at
   1. environment: versions, the GPU, the driver;
   2. the seed's run: configs/cifar.yaml + configs/trainer/gpu_fast.yaml, 30 epochs on the full 50k/10k;
   3. benchmarks (`child-bench`): copy bandwidth and bf16 matmul rate, WRN-22 step (fp32, bf16, +channels-last,
-     +compile), QRNN fo_pool, QRNN vs AWD-LSTM LM step, the neural cache over the WikiText-2 test stream;
+     +compile), QRNN fo_pool by each method (sequential, chunked, Triton kernels) against the copy bandwidth, the
+     QRNN LM step (each method) against the cuDNN AWD-LSTM step, the neural cache over the WikiText-2 test stream;
   4. the 18-epoch + TTA run, only if the time left covers it (estimated from step 2's epochs);
   5. the val/acc-against-time plot.
 
@@ -112,12 +113,13 @@ class Check:
         self.say("environment: " + json.dumps(env))
         self.save()
 
-    def child(self, command: list[str], timeout: float, watch: Path | None = None) -> int:
+    def child(self, command: list[str], timeout: float, watch: Path | None = None, env: dict | None = None) -> int:
         """Run `command` with its output in ours; SIGTERM at `timeout`, then kill if it is still there 60 s later.
 
         `watch`: a run folder whose metrics.csv is read every few seconds, to print each new epoch's val/acc.
+        `env`: variables added to ours for the child.
         """
-        process = subprocess.Popen(command, cwd=REPO)
+        process = subprocess.Popen(command, cwd=REPO, env={**os.environ, **(env or {})})
         end, shown = time.time() + timeout, None
         while process.poll() is None:
             if time.time() > end:
@@ -171,7 +173,8 @@ class Check:
         result_file.unlink(missing_ok=True)
         argv = (["--dry-run"] if self.dry else []) + (["--wiki-tokens", str(self.wiki_tokens)] if self.wiki_tokens
                                                        else []) + ["child-bench", str(result_file)]
-        code = self.child([*SELF, *argv], allowance)
+        # the dry run takes the Triton fo-pool path too, through Triton's interpreter: on the CPU only that runs it
+        code = self.child([*SELF, *argv], allowance, env={"TRITON_INTERPRET": "1"} if self.dry else None)
         done = json.loads(result_file.read_text()) if result_file.exists() else {}
         self.results["benchmarks"] = done.get("results", {})
         self.results["errors"].update(done.get("errors", {}))

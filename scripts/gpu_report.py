@@ -78,20 +78,30 @@ def _fo_pool(b: dict) -> list[str]:
     for side, ms in q["ms"].items():
         lines.append(f"| {side} | {ms:.3f} | {q['speedup'][side]:.1f}× | {q['bytes_per_s'][side] / 1e9:.0f} "
                      f"| {q['bandwidth_fraction'][side]:.0%} |")
+    lines += [f"| {side} | not run: {why} | | | |" for side, why in q.get("not_run", {}).items()]
+    if q.get("interpreted"):
+        lines += ["", "The triton side ran through Triton's interpreter (a CPU check that it runs, not a speed)."]
     return lines + [""]
+
+
+def _side_name(side: str) -> str:
+    return "AWD-LSTM" if side == "awd_lstm" else f"QRNN ({side.split('_', 1)[1]})"
 
 
 def _lm(b: dict) -> list[str]:
     m = b.get("lm_step")
     if m is None:
         return []
-    names = {"awd_lstm": "AWD-LSTM", "qrnn": "QRNN"}
     lines = ["## Language-model training step", "",
              f"[batch, bptt] = [{m['batch']}, {m['seq_len']}], vocabulary {m['vocab']:,}, {m['dtype']}; "
-             f"QRNN / AWD-LSTM = **{m['ratio']:.2f}×** (paired median, target ≤ {m['target']}).", "",
-             "| net | layers × hidden | ms/step |", "| --- | ---: | ---: |"]
+             f"{_side_name(m['qrnn_side'])} / AWD-LSTM = **{m['ratio']:.2f}×** (paired median, target ≤ "
+             f"{m['target']}; the fo-pool method `auto` takes here).", "",
+             "| net | layers × hidden | ms/step | recurrent net fwd+bwd ms |", "| --- | ---: | ---: | ---: |"]
     for side, (hidden, layers) in m["sizes"].items():
-        lines.append(f"| {names[side]} | {layers} × {hidden} | {m['ms'][side]:.1f} |")
+        phases = m["phase_ms"][side]
+        lines.append(f"| {_side_name(side)} | {layers} × {hidden} | {m['ms'][side]:.1f} "
+                     f"| {phases['net_forward'] + phases['net_backward']:.1f} |")
+    lines += [f"| {_side_name(side)} | not run: {why} | | |" for side, why in m.get("not_run", {}).items()]
     return lines + [""]
 
 

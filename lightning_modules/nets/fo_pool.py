@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -136,6 +137,12 @@ class _FoPool(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             grad_c0 = g[:, 0] * keep[:, 0]
         return grad_f, grad_z, grad_c0, None
+
+
+def interpreting() -> bool:
+    """Whether Triton's interpreter is asked for (`TRITON_INTERPRET=1`, read at each call): the Triton kernels then
+    run on CPU tensors too, slowly (for tests)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
 
 def triton_problem(device: torch.device) -> str | None:

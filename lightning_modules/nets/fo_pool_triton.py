@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from lightning_modules.nets.fo_pool import interpreting
 
 BLOCK_MAX = 128  # hidden units per program: one per thread with 4 warps (many programs in flight hide latency)
 
@@ -100,11 +101,6 @@ def _kernels(interpret: bool) -> tuple:
     else:  # what `triton.jit` makes when TRITON_INTERPRET is unset; named, because `jit` reads the variable itself
         from triton.runtime.jit import JITFunction as wrap
     return wrap(_forward_kernel), wrap(_backward_kernel)
-
-
-def interpreting() -> bool:
-    """Whether Triton's interpreter is asked for (`TRITON_INTERPRET=1`): kernels then run on CPU tensors."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
 
 _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}

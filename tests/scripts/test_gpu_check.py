@@ -59,7 +59,12 @@ def test_dry_run_converts_the_carried_images_runs_every_step_and_reports(tmp_pat
     assert set(benchmarks) == {"ceilings", "fo_pool", "lm_step", "cache", "wrn_step"}
     assert benchmarks["cache"]["real_text"] and benchmarks["cache"]["tokens"] == 245_569  # the carried stream
     assert benchmarks["lm_step"]["dtype"] == "bf16-mixed" and benchmarks["wrn_step"]["sides"][1] == "bf16"
+    # the Triton kernels ran too (the interpreter stands in for the GPU), in the fo-pool and the LM-step benchmarks
+    assert benchmarks["fo_pool"]["interpreted"] and "triton" in benchmarks["fo_pool"]["sides"]
+    assert benchmarks["fo_pool"]["max_abs_diff"]["triton"] < 1e-5 and benchmarks["fo_pool"]["not_run"] == {}
+    assert "qrnn_triton" in benchmarks["lm_step"]["sides"] and benchmarks["lm_step"]["not_run"] == {}
     report = (out / "gpu_bench.md").read_text()
+    assert "| triton |" in report and "| QRNN (triton) |" in report
     for heading in ("## The seed's CIFAR-10 run", "## Ceilings", "## WRN training step", "## QRNN fo_pool",
                     "## Language-model training step", "## Neural cache", "## Not measured"):
         assert heading in report
