@@ -176,7 +176,7 @@ def test_a_compiled_layer_runs_the_kernels_eagerly_with_eager_results():
     layer = QRNNLayer(4, 6, window=2, pool_method="triton")
     reference = QRNNLayer(4, 6, window=2, pool_method="sequential")
     reference.load_state_dict(layer.state_dict())
-    compiled = torch.compile(layer, backend="aot_eager", dynamic=True)
+    compiled = torch.compile(layer, backend="eager", dynamic=True)  # dynamo alone decides what is traced
     x, state = torch.randn(2, 5, 4), (torch.randn(2, 6), torch.randn(2, 4))
     out, (c_last, _) = compiled(x, state)
     expected, (expected_c, _) = reference(x, state)
