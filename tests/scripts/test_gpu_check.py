@@ -28,17 +28,45 @@ def run_script(tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def jpeg_archive(path, train_per_class: int = 20, test_per_class: int = 5) -> None:
+    """A small archive in the layout of the carried cifar10-jpg.tar.gz (train|test/<class>/NNNN.jpg), of generated
+    32x32 JPEGs: the dry run converts it with the real converter in a second, where the whole 60k-image archive
+    takes ten."""
+    import io
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w:gz") as archive:
+        for split, count in (("train", train_per_class), ("test", test_per_class)):
+            for name in CIFAR_CLASSES:
+                for index in range(count):
+                    buffer = io.BytesIO()
+                    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, "JPEG")
+                    member = tarfile.TarInfo(f"{split}/{name}/{index:04d}.jpg")
+                    member.size = buffer.tell()
+                    buffer.seek(0)
+                    archive.addfile(member, buffer)
+
+
 @pytest.fixture
 def carry(tmp_path):
-    """A carry folder as scripts/gpu_carry.sh makes it (minus the wheels, which this machine does not need)."""
-    sources = [SHARED_DATA / "cifar10-jpg.tar.gz", SHARED_TOOLS / "cifar10_from_jpg.py",
-               SHARED_DATA / "wikitext-2" / "wiki.test.tokens"]
+    """A carry folder as scripts/gpu_carry.sh makes it (minus the wheels, which this machine does not need), with a
+    small CIFAR archive in the carried one's layout and the real converter and WikiText-2 test stream."""
+    sources = [SHARED_TOOLS / "cifar10_from_jpg.py", SHARED_DATA / "wikitext-2" / "wiki.test.tokens"]
     if not all(path.is_file() for path in sources):
-        pytest.skip(f"the real data to carry is not available: {SHARED_DATA} (it ships in ../shared on project machines)")
+        pytest.skip(f"the converter or the WikiText-2 test stream is not available: {SHARED_DATA} and {SHARED_TOOLS} "
+                    "ship in ../shared on project machines")
     folder = tmp_path / "carry"
     folder.mkdir()
     for path in sources:
         (folder / path.name).symlink_to(path)
+    jpeg_archive(folder / "cifar10-jpg.tar.gz")
     return folder
 
 
