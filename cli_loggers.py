@@ -3,8 +3,9 @@ run's loggers continue that run.
 
 - A logger without its own `save_dir` (or with ".") writes under `--trainer.default_root_dir`, like checkpoints.
 - W&B runs are tagged with the optimizer, its weight-decay mode and the schedule (adamw/nadamw/muon/..., amsgrad,
-  decoupled-wd/l2-wd, one-cycle/cosine/wsd/constant),
-  so dashboards group runs without edits.
+  decoupled-wd/l2-wd, one-cycle/cosine/wsd/constant), and the optimizer's and the schedule's tags are also config
+  entries (`optimizer_tag`, `schedule_tag`), so dashboards group runs without edits (W&B groups by a config
+  value, not by one of a run's tags).
 - A W&B logger asked to log online falls back to offline, with a warning, when online logging cannot start.
 - `fit` gives the W&B run the run's id (new, or the resumed checkpoint's); resuming sets the CSV logger's version
   to the checkpoint's and both loggers' `resume_step` (see `lightning_modules/loggers/resumable.py`).
@@ -19,6 +20,7 @@ from typing import Any
 from jsonargparse import Namespace
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from lightning_modules.metric_names import OPTIMIZER_TAG, SCHEDULE_TAG
 from optim.schedules import DEFAULT_DECAY_FRACTION
 
 
@@ -49,6 +51,16 @@ def optimizer_tags(optimizer: Namespace | None, lr_scheduler: Namespace | None =
             schedule = "constant"
         tags.append(schedule)
     return tags
+
+
+def tag_labels(optimizer: Namespace | None, lr_scheduler: Namespace | None = None) -> dict[str, str]:
+    """The optimizer's tag and the schedule's tag (the first and the last of `optimizer_tags`) as W&B config
+    entries, e.g. {"optimizer_tag": "adamw", "schedule_tag": "one-cycle"}; no schedule, no `schedule_tag`."""
+    tags = optimizer_tags(optimizer, lr_scheduler)
+    labels = {OPTIMIZER_TAG: tags[0]} if tags else {}
+    if tags and lr_scheduler is not None and hasattr(lr_scheduler, "class_path"):
+        labels[SCHEDULE_TAG] = tags[-1]
+    return labels
 
 
 def wandb_offline_reason(init_args: Namespace) -> str | None:
@@ -89,6 +101,9 @@ def prepare_loggers(config: Namespace, root: str, run_id: str | None, resumed: d
         if not logger.class_path.endswith("WandbLogger"):
             continue
         init_args["tags"] = list(dict.fromkeys([*(init_args.get("tags") or []), *tags]))
+        labels = tag_labels(model_args.get("optimizer"), model_args.get("lr_scheduler"))
+        if labels:
+            init_args["config"] = {**(init_args.get("config") or {}), **labels}
         if run_id and not init_args.get("id") and not init_args.get("version"):
             init_args["id"] = run_id
             if resumed and resumable:

@@ -25,6 +25,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_modules.compile import compile_net
+from lightning_modules import metric_names as names
 from lightning_modules.hparams import save_hyperparameters_for_reload
 from lightning_modules.muon_split import announce_muon_split
 from lightning_modules.net_weights import load_net_weights
@@ -144,32 +145,32 @@ class ImageClassifier(ScheduleFreeHooks, pl.LightningModule):
         # value nobody reads, and logging the Metric object moves it to the device on every step (together about
         # 1.5 ms per step; benchmarks/lightning_overhead.py). The epoch's value is logged once, below.
         self.train_acc.update(logits.detach(), labels)
-        self.log("train/loss", loss, prog_bar=True)
+        self.log(names.TRAIN_LOSS, loss, prog_bar=True)
         return loss
 
     def on_train_epoch_end(self) -> None:
         # An epoch resumed from a checkpoint taken after its last batch trains no batch here: nothing to report
         # (compute() would warn and log 0).
         if self.train_acc.update_count > 0:
-            self.log("train/acc", self.train_acc.compute())  # compute() syncs the state across DDP ranks
+            self.log(names.TRAIN_ACC, self.train_acc.compute())  # compute() syncs the state across DDP ranks
         self.train_acc.reset()
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch
         logits = self(images)
         self.val_acc(logits, labels)
-        self.log("val/loss", F.cross_entropy(logits, labels), sync_dist=True)
-        self.log("val/acc", self.val_acc, prog_bar=True)
+        self.log(names.VAL_LOSS, F.cross_entropy(logits, labels), sync_dist=True)
+        self.log(names.VAL_ACC, self.val_acc, prog_bar=True)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch
         logits = self(images)
         self.test_acc(logits, labels)
-        self.log("test/loss", F.cross_entropy(logits, labels), sync_dist=True)
-        self.log("test/acc", self.test_acc)
+        self.log(names.TEST_LOSS, F.cross_entropy(logits, labels), sync_dist=True)
+        self.log(names.TEST_ACC, self.test_acc)
         if self.tta > 0:
             self.test_acc_tta(self._tta_probabilities(images, logits, batch_idx), labels)
-            self.log("test/acc_tta", self.test_acc_tta)
+            self.log(names.TEST_ACC_TTA, self.test_acc_tta)
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """Class probabilities of images of one's own (`cli.py predict`): the softmax, or with `predict_tta` its
@@ -209,7 +210,7 @@ class ImageClassifier(ScheduleFreeHooks, pl.LightningModule):
             self._rewrap_ddp()
             self.trainer.strategy.setup_optimizers(self.trainer)  # calls configure_optimizers for the new stage
         self._apply_stage()  # frozen BatchNorm back to eval after validation/model.train()
-        self.log("train/stage", float(self.active_stage + 1), on_step=False, on_epoch=True)
+        self.log(names.TRAIN_STAGE, float(self.active_stage + 1), on_step=False, on_epoch=True)
 
     def _rewrap_ddp(self) -> None:
         """DDP records which parameters need gradient sync when it wraps the model: wrap again after unfreezing."""

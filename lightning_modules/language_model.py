@@ -25,6 +25,7 @@ from torch import nn
 from torchmetrics.aggregation import MeanMetric
 
 from lightning_modules.compile import compile_net
+from lightning_modules import metric_names as names
 from lightning_modules.hparams import save_hyperparameters_for_reload
 from lightning_modules.muon_split import announce_muon_split
 from lightning_modules.net_weights import load_net_weights
@@ -52,6 +53,10 @@ def _default_optimizer(params) -> torch.optim.Optimizer:
 
 def _default_scheduler(optimizer: torch.optim.Optimizer, total_steps: int) -> RNNOneCycleLR:
     return RNNOneCycleLR(optimizer, total_steps)
+
+
+SPLIT_METRICS = {"val": (names.VAL_LOSS, names.VAL_PPL, names.VAL_PPL_CACHE),  # loss, ppl, ppl with the cache
+                 "test": (names.TEST_LOSS, names.TEST_PPL, names.TEST_PPL_CACHE)}
 
 
 class LanguageModel(ScheduleFreeHooks, pl.LightningModule):
@@ -133,7 +138,7 @@ class LanguageModel(ScheduleFreeHooks, pl.LightningModule):
         ar = self.alpha * out.output.pow(2).mean()
         tar = self.beta * (out.raw_output[:, 1:] - out.raw_output[:, :-1]).pow(2).mean()
         self._set_lr(inputs.shape[1])
-        self.log("train/loss", loss, prog_bar=True)
+        self.log(names.TRAIN_LOSS, loss, prog_bar=True)
         return loss + ar + tar
 
     def _set_lr(self, seq_len: int | None = None) -> None:
@@ -197,13 +202,14 @@ class LanguageModel(ScheduleFreeHooks, pl.LightningModule):
             self.losses[f"{split}_cache"].update(-mixed.mean(), weight=targets.numel())
 
     def _log_perplexities(self, split: str) -> None:
+        loss_name, ppl_name, ppl_cache_name = SPLIT_METRICS[split]
         loss = self.losses[split].compute()
-        self.log(f"{split}/loss", loss, sync_dist=False)
-        self.log(f"{split}/ppl", torch.exp(loss), prog_bar=split == "val", sync_dist=False)
+        self.log(loss_name, loss, sync_dist=False)
+        self.log(ppl_name, torch.exp(loss), prog_bar=split == "val", sync_dist=False)
         self.losses[split].reset()
         if self.cache is not None:
             cache_loss = self.losses[f"{split}_cache"].compute()
-            self.log(f"{split}/ppl_cache", torch.exp(cache_loss), sync_dist=False)
+            self.log(ppl_cache_name, torch.exp(cache_loss), sync_dist=False)
             self.losses[f"{split}_cache"].reset()
         self.cache = None
 

@@ -24,6 +24,8 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
+from lightning_modules import metric_names as names
+
 
 WARMUP_STEPS, ESTIMATE_AFTER = 2, 10
 DEMO_HINT_AFTER_S = 1800  # a CPU run estimated longer than this gets `cpu_hint`
@@ -91,8 +93,8 @@ class ElapsedTime(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning runs the epoch's validation before this hook, so the time includes it.
         now = self._now(trainer)
-        pl_module.log("time/elapsed_s", self.elapsed(trainer), on_epoch=True, sync_dist=False)
-        pl_module.log("time/epoch_s", now - (self.epoch_started or now), on_epoch=True, sync_dist=False)
+        pl_module.log(names.ELAPSED_S, self.elapsed(trainer), on_epoch=True, sync_dist=False)
+        pl_module.log(names.EPOCH_S, now - (self.epoch_started or now), on_epoch=True, sync_dist=False)
 
     def state_dict(self) -> dict[str, Any]:
         return {"elapsed_s": self._total(time.perf_counter())}  # no trainer here to synchronise a GPU with

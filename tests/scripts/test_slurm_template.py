@@ -57,11 +57,15 @@ def test_array_task_appends_its_line_of_the_study_file(tmp_path):
 
 
 def test_the_cli_loads_the_template_command_line(tmp_path, cifar_dir):
-    argv = run_template(tmp_path, "configs/cifar.yaml", "--data.data_dir", str(cifar_dir), "--data.download", "false",
-                        RUN_DIR=str(tmp_path / "run"))
+    """With configs/trainer/offline_node.yaml as a user adds it (docs/CLUSTER.md): DDP and the sync requests."""
+    argv = run_template(tmp_path, "configs/cifar.yaml", "--config", "configs/trainer/offline_node.yaml",
+                        "--data.data_dir", str(cifar_dir), "--data.download", "false", RUN_DIR=str(tmp_path / "run"))
     args = argv[3:] + ["--trainer.accelerator", "cpu", "--trainer.logger", "false"]  # no GPU on this machine
     run = cli.main(args, run=False)
     trainer = run.trainer
     assert trainer.num_nodes == 2 and trainer.num_devices == 4
     assert type(trainer.strategy).__name__ == "DDPStrategy"
     assert trainer.default_root_dir == str(tmp_path / "run")
+    requests = [c for c in trainer.callbacks if type(c).__name__ == "WandbSyncRequest"]
+    assert len(requests) == 1 and requests[0].communication_dir == Path("~/.wandb_osh_command_dir").expanduser()
+    assert any(type(c).__name__ == "PreemptionCheckpoint" for c in trainer.callbacks)  # appended, not replacing
