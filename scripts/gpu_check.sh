@@ -25,21 +25,25 @@ mkdir -p "$OUT"
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1  # everything printed is also kept with the results
 echo "[gpu_check.sh] $(date -u +%FT%TZ) on $(hostname), carry: $CARRY, out: $OUT"
 
-needed=(jsonargparse docstring_parser typeshed_client wandb)
+needed=(jsonargparse docstring_parser typeshed_client wandb muon schedulefree)  # what gpu_carry.sh carries
 if ! "$PY" -c "import $(IFS=,; echo "${needed[*]}")" 2>/dev/null; then
     if [[ -d "$CARRY/wheels" ]]; then
         echo "[gpu_check.sh] installing what is missing from $CARRY/wheels (no index)"
         # Into the interpreter's own environment, so pip keeps the packages already there and adds only the
         # missing ones; where that is read-only, into a folder of our own put before them on the path.
-        if ! "$PY" -m pip install -q --no-index --find-links "$CARRY/wheels" -r "$CARRY/wheels/requirements.txt"; then
-            "$PY" -m pip install -q --no-index --find-links "$CARRY/wheels" --target /tmp/gpu_check_site \
-                -r "$CARRY/wheels/requirements.txt"
+        install() {  # the requirements with theirs, then the ones carried alone (their torch is the node's)
+            "$PY" -m pip install -q --no-index --find-links "$CARRY/wheels" "$@" -r "$CARRY/wheels/requirements.txt" &&
+            "$PY" -m pip install -q --no-index --find-links "$CARRY/wheels" --no-deps "$@" \
+                -r "$CARRY/wheels/requirements-nodeps.txt"
+        }
+        if ! install; then
+            install --target /tmp/gpu_check_site
             export PYTHONPATH=/tmp/gpu_check_site${PYTHONPATH:+:$PYTHONPATH}
         fi
     fi
-    "$PY" -c "import jsonargparse, typeshed_client" || {
-        echo "[gpu_check.sh] jsonargparse[signatures] is missing and $CARRY/wheels cannot provide it: run" \
-             "scripts/gpu_carry.sh on a machine with PyPI access first." >&2; exit 2; }
+    "$PY" -c "import jsonargparse, typeshed_client, muon, schedulefree" || {
+        echo "[gpu_check.sh] jsonargparse[signatures], muon-optimizer or schedulefree is missing and $CARRY/wheels" \
+             "cannot provide it: run scripts/gpu_carry.sh on a machine with PyPI access first." >&2; exit 2; }
     "$PY" -c "import wandb" || echo "[gpu_check.sh] wandb unavailable: the runs log to CSV only" \
                                     "(configs/trainer/csv_only.yaml)"
 fi
