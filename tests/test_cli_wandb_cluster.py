@@ -150,8 +150,8 @@ def runs(cifar_run, tmp_path_factory, request) -> dict:
     """One real offline run per task section, as the CLI writes them."""
     tmp = tmp_path_factory.mktemp("dashboard_runs")
     corpus = write_corpus(tmp / "wikitext")
-    wikitext = fit(["--config", "configs/wikitext2_lstm.yaml", "--config",
-                    str(tiny_wikitext_config(tmp / "wikitext.yaml", corpus, tmp / "wikitext_run"))], tmp / "wikitext_run")
+    wikitext_config = tiny_wikitext_config(tmp / "wikitext.yaml", corpus, tmp / "wikitext_run")
+    wikitext = fit(["--config", "configs/wikitext2_lstm.yaml", "--config", str(wikitext_config)], tmp / "wikitext_run")
     cars_root = request.getfixturevalue("cars_root")  # skips, saying why, without the real devkit
     cars = fit(["--config", "configs/cars.yaml", "--config",
                 str(tiny_cars_config(tmp / "cars.yaml", cars_root, tmp / "cars_run"))], tmp / "cars_run",
