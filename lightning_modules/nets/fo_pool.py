@@ -222,8 +222,11 @@ def fo_pool(forget: Tensor, candidate: Tensor, c0: Tensor | None = None, *, meth
     if c0 is not None and c0.shape != (batch, hidden):
         raise ValueError(f"c0 must be [B, H] = {(batch, hidden)}, got {tuple(c0.shape)}")
     if method == "triton":  # the kernels read each dtype as it is and accumulate in `dtype`
-        from lightning_modules.nets.fo_pool_triton import TritonFoPool
-
+        try:
+            from lightning_modules.nets.fo_pool_triton import TritonFoPool
+        except ImportError as error:
+            raise ValueError(f"fo_pool(method='triton') needs Triton, which cannot be imported here ({error}): "
+                             "install it (torch's CUDA wheels for Linux bring it) or use method='auto'") from error
         return TritonFoPool.apply(forget, candidate, c0, dtype).to(out_dtype)
     forget, candidate = forget.to(dtype), candidate.to(dtype)
     c0 = forget.new_zeros(batch, hidden) if c0 is None else c0.to(dtype)

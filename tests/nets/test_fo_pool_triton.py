@@ -111,6 +111,17 @@ def test_without_cuda_or_the_interpreter_it_says_what_to_do(monkeypatch):
     assert choose_method("auto", torch.device("cpu")) == "sequential"  # auto never takes it on a CPU
 
 
+def test_asked_for_by_name_without_triton_it_says_what_to_do(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "triton", None)  # `import triton` now fails, as where it is not installed
+    monkeypatch.delitem(sys.modules, "lightning_modules.nets.fo_pool_triton")
+    forget, candidate, c0 = gates(2, 3, 4)
+    with pytest.raises(ValueError, match=r"needs Triton, which cannot be imported here .*or use method='auto'"):
+        triton_pool(forget, candidate, c0)
+    assert fo_pool(forget, candidate, c0).shape == forget.shape  # auto on a CPU needs no Triton
+
+
 @pytest.mark.parametrize("capability", [80, 90], ids=["sm_80", "sm_90"])
 def test_kernels_compile_for_a_real_gpu_without_one(capability):
     """Triton's own compiler (with its bundled ptxas) builds both kernels to GPU machine code for an A100 (sm_80)
