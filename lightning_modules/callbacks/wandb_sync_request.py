@@ -8,9 +8,11 @@ nodes see; on the login node, which has internet, the `wandb-osh` command watche
 epoch's metrics have just been written) rank 0 calls wandb-osh's own `TriggerWandbSyncHook` with the folder of
 this run's W&B logger.
 
-Why not wandb-osh's `TriggerWandbSyncLightningCallback`: it subclasses `lightning.pytorch.Callback`, the
-`lightning` package's namespace, and this project runs on `pytorch_lightning`, whose Trainer does not accept it.
-Ours is the same few lines on `pytorch_lightning` — with the hook placed after the metrics are logged
+Why not wandb-osh's `TriggerWandbSyncLightningCallback`: it subclasses `lightning.pytorch.Callback` whenever the
+`lightning` package can be imported (it falls back to `pytorch_lightning` only where it cannot, with a warning;
+their issue #96), and this project runs on `pytorch_lightning`, whose Trainer does not take a `lightning.pytorch`
+callback. Environments with both packages are common (GPU images often ship both). Ours is the same few lines
+on `pytorch_lightning` — with the hook placed after the metrics are logged
 (`on_validation_end`, not `on_validation_epoch_end`), the folder taken from the run's own logger rather than
 `wandb.run`, rank 0 only under DDP, and a clear stop when the run has no W&B logger to sync.
 
