@@ -53,10 +53,10 @@ def optimizer_tags(optimizer: Namespace | None, lr_scheduler: Namespace | None =
     return tags
 
 
-def tag_labels(optimizer: Namespace | None, lr_scheduler: Namespace | None = None) -> dict[str, str]:
-    """The optimizer's tag and the schedule's tag (the first and the last of `optimizer_tags`) as W&B config
-    entries, e.g. {"optimizer_tag": "adamw", "schedule_tag": "one-cycle"}; no schedule, no `schedule_tag`."""
-    tags = optimizer_tags(optimizer, lr_scheduler)
+def tag_labels(tags: list[str], lr_scheduler: Namespace | None = None) -> dict[str, str]:
+    """The optimizer's tag and the schedule's tag (the first and the last of `optimizer_tags(optimizer,
+    lr_scheduler)`) as W&B config entries, e.g. {"optimizer_tag": "adamw", "schedule_tag": "one-cycle"}; no
+    schedule, no `schedule_tag`."""
     labels = {OPTIMIZER_TAG: tags[0]} if tags else {}
     if tags and lr_scheduler is not None and hasattr(lr_scheduler, "class_path"):
         labels[SCHEDULE_TAG] = tags[-1]
@@ -89,6 +89,7 @@ def prepare_loggers(config: Namespace, root: str, run_id: str | None, resumed: d
     loggers = config.trainer.logger
     model_args = config.model.init_args if config.get("model") else Namespace()
     tags = optimizer_tags(model_args.get("optimizer"), model_args.get("lr_scheduler"))
+    labels = tag_labels(tags, model_args.get("lr_scheduler"))
     for logger in loggers if isinstance(loggers, list) else [loggers]:
         init_args = getattr(logger, "init_args", None)
         if init_args is None:
@@ -101,7 +102,6 @@ def prepare_loggers(config: Namespace, root: str, run_id: str | None, resumed: d
         if not logger.class_path.endswith("WandbLogger"):
             continue
         init_args["tags"] = list(dict.fromkeys([*(init_args.get("tags") or []), *tags]))
-        labels = tag_labels(model_args.get("optimizer"), model_args.get("lr_scheduler"))
         if labels:
             init_args["config"] = {**(init_args.get("config") or {}), **labels}
         if run_id and not init_args.get("id") and not init_args.get("version"):

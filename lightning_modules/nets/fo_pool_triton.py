@@ -75,12 +75,12 @@ def _backward_kernel(forget, candidate, c0, c, grad_c, grad_f, grad_z, grad_c0, 
     for i in range(steps):
         t = steps - 1 - i
         here = start + t * hidden
+        behind = mask & (t > 0)
         if HAS_C0:  # c_{t-1}: the saved state, or c0 before the first step
             c_prev = tl.load(tl.where(t > 0, c + here - hidden, c0 + row * hidden + cols), mask=mask,
                              other=0.0).to(ACC)
         else:
-            c_prev = tl.load(c + here - hidden, mask=mask & (t > 0), other=0.0).to(ACC)
-        behind = mask & (t > 0)
+            c_prev = tl.load(c + here - hidden, mask=behind, other=0.0).to(ACC)
         dc_next = tl.load(grad_c + here - hidden, mask=behind, other=0.0).to(ACC)
         f_next = tl.load(forget + here - hidden, mask=behind, other=0.0).to(ACC)
         z_next = tl.load(candidate + here - hidden, mask=behind, other=0.0).to(ACC)
@@ -106,16 +106,19 @@ def _kernels(interpret: bool) -> tuple:
 _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
-def _launch(tensor: Tensor) -> dict:
-    """Grid, block and warps for a [B, T, H] problem, and the kernels for the tensor's device."""
-    if tensor.device.type != "cuda" and not interpreting():
-        raise ValueError(f"fo_pool(method='triton') needs CUDA tensors, got {tensor.device.type} ones: use "
+def _launch(which: int, like: Tensor, *args, has_c0: bool, acc: torch.dtype) -> None:
+    """Run kernel `which` (0 forward, 1 backward) with `args`, its own arguments, over (batch rows, blocks of hidden
+    units) of the [B, T, H] tensor `like`: compiled for its GPU or, with TRITON_INTERPRET=1, interpreted."""
+    if like.device.type != "cuda" and not interpreting():
+        raise ValueError(f"fo_pool(method='triton') needs CUDA tensors, got {like.device.type} ones: use "
                          "method='auto' (or 'sequential') on this device, or set TRITON_INTERPRET=1 to run the "
                          "kernels through Triton's interpreter (slow; for tests)")
-    batch, _, hidden = tensor.shape
+    batch, _, hidden = like.shape
     block = min(BLOCK_MAX, triton.next_power_of_2(hidden))
-    return {"grid": (batch, triton.cdiv(hidden, block)), "BLOCK": block, "num_warps": max(1, min(4, block // 32)),
-            "kernels": _kernels(interpreting())}
+    kernel = _kernels(interpreting())[which]
+    with torch.cuda.device(like.device) if like.is_cuda else contextlib.nullcontext():
+        kernel[(batch, triton.cdiv(hidden, block))](*args, HAS_C0=has_c0, BLOCK=block, ACC=_TL_DTYPES[acc],
+                                                    num_warps=max(1, min(4, block // 32)))
 
 
 class TritonFoPool(torch.autograd.Function):
@@ -128,12 +131,8 @@ class TritonFoPool(torch.autograd.Function):
         c0 = None if c0 is None else c0.to(acc).contiguous()  # [B, H]: converted here, so c0 and c share a type
         batch, steps, hidden = forget.shape
         out = torch.empty(forget.shape, dtype=acc, device=forget.device)
-        launch = _launch(forget)
-        forward_kernel = launch["kernels"][0]
-        with torch.cuda.device(forget.device) if forget.is_cuda else contextlib.nullcontext():
-            forward_kernel[launch["grid"]](forget, candidate, forget if c0 is None else c0, out, steps, hidden,
-                                           HAS_C0=c0 is not None, BLOCK=launch["BLOCK"], ACC=_TL_DTYPES[acc],
-                                           num_warps=launch["num_warps"])
+        _launch(0, forget, forget, candidate, forget if c0 is None else c0, out, steps, hidden,
+                has_c0=c0 is not None, acc=acc)  # forget stands in for a missing c0: never read
         ctx.save_for_backward(forget, candidate, c0, out)
         return out
 
@@ -145,12 +144,7 @@ class TritonFoPool(torch.autograd.Function):
         batch, steps, hidden = forget.shape
         grad_f, grad_z = torch.empty_like(forget), torch.empty_like(candidate)
         grad_c0 = None if c0 is None else torch.empty(batch, hidden, dtype=c.dtype, device=c.device)
-        launch = _launch(forget)
-        backward_kernel = launch["kernels"][1]
-        with torch.cuda.device(forget.device) if forget.is_cuda else contextlib.nullcontext():
-            backward_kernel[launch["grid"]](forget, candidate, forget if c0 is None else c0, c, grad_c, grad_f,
-                                            grad_z, grad_f if grad_c0 is None else grad_c0, steps, hidden,
-                                            HAS_C0=c0 is not None, BLOCK=launch["BLOCK"], ACC=_TL_DTYPES[c.dtype],
-                                            num_warps=launch["num_warps"])
+        _launch(1, forget, forget, candidate, forget if c0 is None else c0, c, grad_c, grad_f, grad_z,
+                grad_f if grad_c0 is None else grad_c0, steps, hidden, has_c0=c0 is not None, acc=c.dtype)
         return grad_f, grad_z, None if c0 is None else grad_c0.to(ctx.c0_dtype), None
 
