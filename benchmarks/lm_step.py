@@ -224,7 +224,8 @@ def markdown(result: dict) -> str:
         f"hidden {result['hidden']} (QRNN windows 2/1/1), tied decoder, {result['dtype']}; everything else from the "
         "seed configs (`configs/wikitext2_lstm.yaml`, `configs/wikitext2_qrnn.yaml`): dropouts, weight drop, "
         f"AR/TAR, Adam, gradient clipping at {result['clip'][qrnn]}. The QRNN runs once per fo-pool method this "
-        "device runs (`pool_method`; same weights and first batch, so their first losses agree). A step is `LanguageModel.training_step` "
+        "device runs (`pool_method`; same weights and first batch, so their first losses agree). "
+        "A step is `LanguageModel.training_step` "
         "(forward from the carried state, decoder, cross-entropy, AR/TAR) + backward + clip + `Adam.step`, "
         "without Lightning's loop around it. All sides get the same tokens; one untimed warm-up step each; "
         f"{result['repeats']} repetitions rotating which side goes first; medians; ratio paired per repetition. "
@@ -259,7 +260,8 @@ def markdown(result: dict) -> str:
         f"{result['vocab']:,}-word "
         "softmax and the same update of its matrix.",
         "",
-        f"Median {NAMES[qrnn]} / AWD-LSTM step time (the method `auto` takes here): **{result['ratio']:.2f}×** (range {min(result['ratios']):.2f}–"
+        f"Median {NAMES[qrnn]} / AWD-LSTM step time (the method `auto` takes here): **{result['ratio']:.2f}×** "
+        f"(range {min(result['ratios']):.2f}–"
         f"{max(result['ratios']):.2f}×); target ≤ {result['target']}×: **{verdict}**. For reference, the ratio of "
         f"matmul work per token (layers + decoder) is {flops_ratio:.2f}; with recurrent layers that cost "
         f"nothing, the QRNN step would still be {floor:.2f}× the AWD-LSTM's (its own decoder, softmax and update).",

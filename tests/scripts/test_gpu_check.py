@@ -14,6 +14,7 @@ import time
 import pytest
 
 import cli
+from datamodules.cifar10 import CLASSES
 from lightning_modules.callbacks import ElapsedTime
 from scripts import gpu_check
 from tests.conftest import REPO, SHARED_DATA, SHARED_TOOLS, TINY_WRN_ARGS
@@ -26,9 +27,6 @@ def run_script(tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
     environment = {**os.environ, "PY": sys.executable, "OUT": str(tmp_path / "out"), "WANDB_MODE": "offline", **env}
     return subprocess.run(["bash", str(SCRIPT), *args], cwd=REPO, env=environment, capture_output=True, text=True,
                           timeout=600)
-
-
-CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 def jpeg_archive(path, train_per_class: int = 20, test_per_class: int = 5) -> None:
@@ -44,7 +42,7 @@ def jpeg_archive(path, train_per_class: int = 20, test_per_class: int = 5) -> No
     rng = np.random.default_rng(0)
     with tarfile.open(path, "w:gz") as archive:
         for split, count in (("train", train_per_class), ("test", test_per_class)):
-            for name in CIFAR_CLASSES:
+            for name in CLASSES:
                 for index in range(count):
                     buffer = io.BytesIO()
                     Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, "JPEG")
