@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
@@ -127,4 +129,29 @@ def finish_own_wandb_run(started_before: object | None, exit_code: int = 0) -> N
     reuse the open run, so every later command would log into the first one's history and folder."""
     run_now = current_wandb_run()
     if run_now is not None and run_now is not started_before:
+        offline_file = Path(run_now.settings.sync_file) if run_now.settings._offline else None
         run_now.finish(exit_code=exit_code)
+        if offline_file is not None:
+            wait_until_written(offline_file)
+
+
+def wait_until_written(run_file: Path, timeout_s: float = 60.0) -> bool:
+    """Wait until an offline run's file holds its exit record, i.e. W&B has written the whole run to disk.
+
+    Why: `wandb.Run.finish()` only *publishes* the close to W&B's service process and returns; the service writes
+    the file's last buffered block afterwards. A caller reading the run right away (a study driven in-process, a
+    notebook, our tests) could find it empty — measured here: 1 read in 15 straight after `finish()` saw no records.
+    Returns whether it was written; after `timeout_s` it warns once and returns False (a full disk, a killed service).
+    """
+    from lightning_modules.loggers.resumable import WANDB_HEADER, read_wandb_records
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        started = run_file.is_file() and run_file.stat().st_size >= WANDB_HEADER
+        if started and any(record.WhichOneof("record_type") == "exit" for record in read_wandb_records(run_file)):
+            return True
+        if time.monotonic() > deadline:
+            warnings.warn(f"{run_file}: W&B has not finished writing this offline run after {timeout_s:.0f} s; it "
+                          "may end before its last records (check the disk, then `wandb sync` it).", stacklevel=2)
+            return False
+        time.sleep(0.05)

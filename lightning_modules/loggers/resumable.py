@@ -121,6 +121,8 @@ def read_wandb_records(path: str | os.PathLike) -> list:
             continue
         _crc, length, kind = struct.unpack("<IHB", data[position:position + WANDB_HEADER])
         payload = data[position + WANDB_HEADER:position + WANDB_HEADER + length]
+        if len(payload) < length:  # cut short inside this record (a kill, or W&B still writing it)
+            break
         position += WANDB_HEADER + length
         if kind == 0 and length == 0:
             continue
