@@ -244,17 +244,17 @@ def log_to_wandb(run, rows: list[dict], summary: dict, heatmap: Path) -> None:
     """The grid, the heat-map and the results to a W&B run of their own, if the config has a W&B logger."""
     from pytorch_lightning.loggers import WandbLogger
 
+    from cli_loggers import finish_own_wandb_run
+
     for logger in run.trainer.loggers:
         if isinstance(logger, WandbLogger):
-            import wandb
-
             logger.log_hyperparams({"cache_tuning": {"checkpoint": summary["checkpoint"], "mixing": summary["mixing"]}})
             logger.log_table("cache_tuning/grid", columns=list(rows[0]), data=[list(r.values()) for r in rows])
             logger.log_image("cache_tuning/heatmap", images=[str(heatmap)])
             logger.log_metrics({"cache_tuning/best_val_ppl": summary["best"]["val_ppl"],
                                 "cache_tuning/test_ppl_tuned": summary["test"]["tuned_cache"]["ppl"],
                                 "cache_tuning/test_ppl_no_cache": summary["test"]["no_cache"]})
-            wandb.finish()
+            finish_own_wandb_run(started_before=None)  # and wait until an offline run's file is whole
 
 
 if __name__ == "__main__":
