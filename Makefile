@@ -37,7 +37,7 @@ demo: install data
 	$(PY) cli.py fit --config configs/cifar.yaml --config configs/cifar_cpu.yaml $(ARGS)
 
 test: install
-	WANDB_MODE=offline $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	WANDB_MODE=offline $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 bench: install
 	$(PY) benchmarks/run_all.py
