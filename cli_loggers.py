@@ -129,7 +129,7 @@ def finish_own_wandb_run(started_before: object | None, exit_code: int = 0) -> N
     reuse the open run, so every later command would log into the first one's history and folder."""
     run_now = current_wandb_run()
     if run_now is not None and run_now is not started_before:
-        offline_file = Path(run_now.settings.sync_file) if run_now.settings._offline else None
+        offline_file = Path(run_now.settings.sync_file) if run_now.offline else None
         run_now.finish(exit_code=exit_code)
         if offline_file is not None:
             wait_until_written(offline_file)
@@ -148,7 +148,8 @@ def wait_until_written(run_file: Path, timeout_s: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while True:
         started = run_file.is_file() and run_file.stat().st_size >= WANDB_HEADER
-        if started and any(record.WhichOneof("record_type") == "exit" for record in read_wandb_records(run_file)):
+        last = read_wandb_records(run_file, last_blocks=2) if started else []  # the exit record is written last
+        if any(record.WhichOneof("record_type") == "exit" for record in last):
             return True
         if time.monotonic() > deadline:
             warnings.warn(f"{run_file}: W&B has not finished writing this offline run after {timeout_s:.0f} s; it "

@@ -14,9 +14,9 @@ import pytest
 import wandb
 
 from cli_loggers import finish_own_wandb_run, wait_until_written
-from lightning_modules.loggers.resumable import WANDB_HEADER, read_wandb_records
+from lightning_modules.loggers.resumable import WANDB_BLOCK, WANDB_HEADER, read_wandb_records
 
-ROWS = 30
+ROWS = 500  # about 5 blocks of the file's 32 KiB
 
 
 def kinds(path: Path) -> list[str]:
@@ -48,6 +48,17 @@ def test_a_file_cut_anywhere_reads_as_the_records_before_the_cut(run_file):
         read = kinds(cut_file)
         assert read == whole[:len(read)], cut
     assert len(read) > len(whole) // 2
+
+
+def test_its_last_blocks_read_as_the_last_records(run_file):
+    whole, data = kinds(run_file), run_file.read_bytes()
+    assert len(data) > 4 * WANDB_BLOCK
+    block_starts = range(WANDB_BLOCK, len(data), WANDB_BLOCK)
+    assert any(data[start + 6] in (3, 4) for start in block_starts)  # a block begins inside a record: skipped
+    for last_blocks in (1, 2, 3):
+        tail = [record.WhichOneof("record_type") for record in read_wandb_records(run_file, last_blocks)]
+        assert 0 < len(tail) < len(whole) and tail == whole[-len(tail):], last_blocks
+    assert "exit" in tail and len(read_wandb_records(run_file, last_blocks=100)) == len(whole)
 
 
 def test_it_waits_for_the_exit_record_and_gives_up_with_a_warning(run_file, tmp_path):

@@ -100,20 +100,26 @@ class ResumableCSVLogger(CSVLogger):
         return self._experiment
 
 
-def read_wandb_records(path: str | os.PathLike) -> list:
+def read_wandb_records(path: str | os.PathLike, last_blocks: int | None = None) -> list:
     """The records of an offline W&B run file (`run-<id>.wandb`), read without the server.
 
     The file is a 7-byte header (b":W&B", magic, version), then 32 KiB blocks of records, each with a 7-byte header
     (crc32, length, type: 1 full, 2 first, 3 middle, 4 last) and a payload that is a serialized
     `wandb.proto.wandb_internal_pb2.Record`; fragments of one record are joined. A file cut short by a kill ends
     at its last whole record.
+
+    `last_blocks`: only the records that start in the file's last N blocks (the fragments of a record begun before
+    them are skipped), for a look at a run's last records without parsing a long run's whole file (0.5 s for
+    60,000 history rows, 29 MB).
     """
     from wandb.proto import wandb_internal_pb2
 
     data = Path(path).read_bytes()
     if data[:4] != b":W&B":
         raise ValueError(f"{path} is not an offline W&B run file.")
-    records, pending, position = [], b"", WANDB_HEADER
+    position = WANDB_HEADER if last_blocks is None else \
+        max(WANDB_HEADER, (len(data) // WANDB_BLOCK + 1 - last_blocks) * WANDB_BLOCK)
+    records, pending, in_record = [], b"", False
     while position + WANDB_HEADER <= len(data):
         left_in_block = WANDB_BLOCK - position % WANDB_BLOCK
         if left_in_block < WANDB_HEADER:  # block trailer padding
@@ -124,9 +130,10 @@ def read_wandb_records(path: str | os.PathLike) -> list:
         if len(payload) < length:  # cut short inside this record (a kill, or W&B still writing it)
             break
         position += WANDB_HEADER + length
-        if kind == 0 and length == 0:
+        if (kind == 0 and length == 0) or (kind in (3, 4) and not in_record):  # padding; a skipped record's rest
             continue
         pending = payload if kind in (1, 2) else pending + payload
+        in_record = kind in (2, 3)
         if kind in (1, 4):
             record = wandb_internal_pb2.Record()
             record.ParseFromString(pending)
